@@ -1,0 +1,68 @@
+"""Root of the `moeforge` CLI, and the one place that turns errors into exit codes."""
+
+import logging
+
+import click
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+
+from moeforge.errors import MoeforgeError
+
+err_console = Console(stderr=True)
+
+
+class _Group(typer.core.TyperGroup):
+    """Prints a MoeforgeError as one red line and exits 1; `--debug` shows the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MoeforgeError as exc:
+            if ctx.meta.get("moeforge.debug"):
+                raise
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise click.exceptions.Exit(1) from None
+
+
+app = typer.Typer(
+    name="moeforge",
+    cls=_Group,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Decentralised expert-level fine-tuning of Mixture-of-Experts language models."""
+    ctx.meta["moeforge.debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
+
+
+def _register() -> None:
+    from moeforge.cli import data, demo, model, testbed
+
+    app.add_typer(testbed.app, name="testbed")
+    app.add_typer(model.app, name="model")
+    app.add_typer(data.app, name="data")
+    app.command("demo")(demo.demo)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point of the `moeforge` script."""
+    app()

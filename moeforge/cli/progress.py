@@ -1,0 +1,30 @@
+"""Rich progress bars for long work; library code reports through callbacks, the CLI draws."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from moeforge.testbed.pretrain import StepCallback, StepInfo
+
+
+@contextmanager
+def training_bar(label: str, console: Console | None = None) -> Iterator[StepCallback]:
+    """A bar that advances once per training step and shows the loss and throughput."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(label, total=None, stats="")
+
+        def on_step(info: StepInfo) -> None:
+            stats = f"loss {info.loss:.3f} · balance {info.balance_loss:.3f} · {info.tokens_per_s:,.0f} tok/s"
+            progress.update(task, total=info.steps, completed=info.step, stats=stats)
+
+        yield on_step

@@ -1,0 +1,29 @@
+"""The one family of exceptions moeforge raises, split by who fixes the problem.
+
+Each message says what is wrong, where, what was expected against what is there, and what
+to do next (STYLE.md §5). `cli.main()` turns these into one red line and exit status 1.
+"""
+
+
+class MoeforgeError(Exception):
+    """Base class: a problem a user can act on."""
+
+
+class ConfigError(MoeforgeError):
+    """A config file, CLI flag or option value is wrong."""
+
+
+class DataError(MoeforgeError):
+    """Job data is missing, unreadable or malformed."""
+
+
+class ModelError(MoeforgeError):
+    """A model, its weights or its architecture cannot be used as asked."""
+
+
+class ArtifactNotFound(MoeforgeError):
+    """A file or stored artifact that should exist does not."""
+
+
+class ChainError(MoeforgeError):
+    """The chain rejected or could not serve a request."""

@@ -1,0 +1,1 @@
+"""One view over Hugging Face MoE causal LMs: families, loading, experts, routing, sizing."""
