@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from moeforge.model.load import load_model
-from moeforge.model.sizing import SHIPPED_CONFIGS, shipped_config, size_of_config
+from moeforge.model.shipped import SHIPPED_CONFIGS, shipped_config
+from moeforge.model.sizing import size_of_config
 from moeforge.testbed.build import build_testbed
 from moeforge.testbed.config import preset
 

@@ -23,7 +23,7 @@ class _Group(typer.core.TyperGroup):
             if ctx.meta.get("moeforge.debug"):
                 raise
             err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise click.exceptions.Exit(1) from None
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

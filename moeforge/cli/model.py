@@ -6,12 +6,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoConfig
 
 from moeforge.errors import ConfigError
-from moeforge.model.families import moe_layers
-from moeforge.model.load import load_config, load_model
-from moeforge.model.sizing import SHIPPED_CONFIGS, ModelSize, shipped_config, size_of_config, size_of_model
+from moeforge.model.shipped import SHIPPED_CONFIGS, shipped_config
+
 
 app = typer.Typer(no_args_is_help=True, help="Inspect MoE models and plan their memory.")
 console = Console()
@@ -23,6 +21,10 @@ def inspect(
     online: bool = typer.Option(False, "--online", help="Allow downloading from a model hub."),
 ) -> None:
     """Load a checkpoint strictly and list its MoE layers, experts and size."""
+    from moeforge.model.families import moe_layers
+    from moeforge.model.load import load_model
+    from moeforge.model.sizing import size_of_model
+
     model = load_model(source, online=online)
     table = Table(title=f"{type(model).__name__} ({model.config.model_type})")
     for col in ("layer", "routed experts", "top-k", "shared experts", "router"):
@@ -41,6 +43,8 @@ def size(
     """Exact parameter and byte counts from a config alone (built on the meta device)."""
     import torch
 
+    from moeforge.model.sizing import size_of_config
+
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     if dtype not in dtypes:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(dtypes)}.")
@@ -48,6 +52,9 @@ def size(
 
 
 def _config(spec: str):
+    from transformers import AutoConfig
+
+    from moeforge.model.load import load_config
     if spec in SHIPPED_CONFIGS:
         return shipped_config(spec)
     path = Path(spec)
@@ -62,7 +69,7 @@ def _config(spec: str):
     raise ConfigError(f"{spec!r} is neither a shipped config ({', '.join(SHIPPED_CONFIGS)}) nor a file or directory.")
 
 
-def _print_size(s: ModelSize) -> None:
+def _print_size(s) -> None:  # a moeforge.model.sizing.ModelSize
     table = Table(title=f"{s.model_type} in {s.dtype}")
     table.add_column("what")
     table.add_column("parameters", justify="right")

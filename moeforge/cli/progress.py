@@ -1,16 +1,15 @@
 """Rich progress bars for long work; library code reports through callbacks, the CLI draws."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from moeforge.testbed.pretrain import StepCallback, StepInfo
 
 
 @contextmanager
-def training_bar(label: str, console: Console | None = None) -> Iterator[StepCallback]:
+def training_bar(label: str, console: Console | None = None) -> Iterator[Callable]:
     """A bar that advances once per training step and shows the loss and throughput."""
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -23,7 +22,7 @@ def training_bar(label: str, console: Console | None = None) -> Iterator[StepCal
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(label, total=None, stats="")
 
-        def on_step(info: StepInfo) -> None:
+        def on_step(info) -> None:  # a moeforge.testbed.pretrain.StepInfo
             stats = f"loss {info.loss:.3f} · balance {info.balance_loss:.3f} · {info.tokens_per_s:,.0f} tok/s"
             progress.update(task, total=info.steps, completed=info.step, stats=stats)
 

@@ -8,15 +8,16 @@ from rich.table import Table
 
 from moeforge.cli.progress import training_bar
 from moeforge.cli.settings import testbed_dir
-from moeforge.model.loss import perplexity
-from moeforge.testbed.build import TestbedReport, build_testbed
 from moeforge.testbed.config import PRESETS, preset
 
 app = typer.Typer(no_args_is_help=True, help="Build the testbed base model (tokenizer + small DeepSeek-V2-class MoE).")
 console = Console()
 
 
-def build_or_reuse(preset_name: str, out: Path | None, force: bool) -> tuple[TestbedReport, Path]:
+def build_or_reuse(preset_name: str, out: Path | None, force: bool):
+    """(TestbedReport, directory) of the preset's testbed, built unless a finished build is cached."""
+    from moeforge.testbed.build import build_testbed
+
     cfg = preset(preset_name)
     out = out or testbed_dir(preset_name, cfg)
     with training_bar(f"testbed[{preset_name}]", console) as on_step:
@@ -24,14 +25,16 @@ def build_or_reuse(preset_name: str, out: Path | None, force: bool) -> tuple[Tes
     return report, out
 
 
-def print_report(report: TestbedReport, out: Path) -> None:
+def print_report(report, out: Path) -> None:
+    import math
+
     table = Table(title=f"testbed held-out loss per domain (ln vocab = {report.ln_vocab:.2f})")
     table.add_column("domain")
     table.add_column("loss", justify="right")
     table.add_column("perplexity", justify="right")
     for domain, loss in report.domain_losses.items():
         label = f"{domain} (never trained on)" if domain == "math" else domain
-        table.add_row(label, f"{loss:.3f}", f"{perplexity(loss):,.1f}")
+        table.add_row(label, f"{loss:.3f}", f"{math.exp(loss):,.1f}")
     console.print(table)
     console.print(
         f"{report.params:,} parameters · vocab {report.vocab_size} · {report.train_tokens:,} training tokens "

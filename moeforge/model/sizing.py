@@ -6,17 +6,12 @@ and no memory. Bytes are counted per tensor in the dtype transformers would load
 checkpoint's state dict: parameters plus persistent buffers.
 """
 
-import json
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from moeforge.errors import ConfigError
 from moeforge.model.families import family_of, moe_layers
-
-SHIPPED_CONFIGS = ("deepseek-v2-lite", "deepseek-v3", "qwen3-30b-a3b", "mixtral-8x7b", "olmoe-1b-7b", "qwen1.5-moe-a2.7b")
 
 
 @dataclass(frozen=True)
@@ -42,15 +37,6 @@ class ModelSize:
     @property
     def backbone_bytes(self) -> int:
         return self.total_bytes - self.routed_expert_bytes
-
-
-def shipped_config(name: str) -> PretrainedConfig:
-    """One of the real model configs shipped with moeforge, e.g. 'deepseek-v2-lite'."""
-    if name not in SHIPPED_CONFIGS:
-        raise ConfigError(f"no shipped config {name!r} (shipped: {', '.join(SHIPPED_CONFIGS)}).")
-    text = resources.files("moeforge.model").joinpath("configs", f"{name}.json").read_text()
-    fields = json.loads(text)
-    return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
 def size_of_config(config: PretrainedConfig, dtype: torch.dtype | None = None) -> ModelSize:

@@ -24,6 +24,7 @@ from moeforge.data.corpora import load_corpus
 from moeforge.data.fingerprint import fingerprint_records
 from moeforge.data.formatting import encode_records
 from moeforge.data.packing import pack_examples
+from moeforge.data.records import Record
 from moeforge.errors import ConfigError
 from moeforge.model.loss import mean_token_loss
 from moeforge.model.sizing import size_of_model
@@ -118,14 +119,18 @@ def read_report(out_dir: Path) -> TestbedReport | None:
 
 
 def eval_rows(domain: str, tokenizer, cfg: TestbedConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, labels) of the held-out rows `domain` is scored on: at most eval_tokens_per_domain."""
-    packed = pack_examples(encode_records(load_corpus(domain, "test"), tokenizer), cfg.seq_len, tokenizer.pad_token_id)
+    """(input_ids, labels) of the held-out rows `domain` is scored on: at most eval_tokens_per_domain.
+
+    Every token is scored (prompts included): this is language-model loss on the domain's text.
+    """
+    records = _plain_text(load_corpus(domain, "test"))
+    packed = pack_examples(encode_records(records, tokenizer), cfg.seq_len, tokenizer.pad_token_id)
     rows = max(1, cfg.eval_tokens_per_domain // cfg.seq_len)
     return packed.input_ids[:rows], packed.labels[:rows]
 
 
 def _general_mix(cfg: TestbedConfig):
-    """Training records of the general domains, interleaved in a seeded order (maths kept out)."""
+    """Training text of the general domains, interleaved in a seeded order (maths kept out)."""
     records = []
     for domain in GENERAL_DOMAINS:
         chosen, chars = [], 0
@@ -134,9 +139,14 @@ def _general_mix(cfg: TestbedConfig):
                 break
             chosen.append(record)
             chars += len(record.text)
-        records.extend(chosen)
+        records.extend(_plain_text(chosen))
     g = torch.Generator().manual_seed(cfg.seed)
     return [records[i] for i in torch.randperm(len(records), generator=g).tolist()]
+
+
+def _plain_text(records) -> list[Record]:
+    """Pre-training learns every token: prompt and response become one unmasked text."""
+    return [Record(prompt="", response=r.text, source=r.source) for r in records]
 
 
 def _write(out_dir: Path, model, tokenizer, report: TestbedReport) -> None:

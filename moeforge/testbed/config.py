@@ -7,8 +7,6 @@ fine-grained routed experts with softmax top-k gating (DESIGN.md "Facts about th
 import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from transformers import DeepseekV2Config
-
 from moeforge.errors import ConfigError
 
 GENERAL_DOMAINS = ("wikitext", "python", "medical")  # the pre-training mix; maths is kept out
@@ -59,7 +57,7 @@ PRESETS = {
     "default": TestbedConfig(),
     "small": TestbedConfig(
         vocab_size=512, hidden_size=32, num_layers=3, num_experts=8, top_k=2, moe_intermediate_size=16,
-        num_heads=2, seq_len=64, batch_size=8, train_tokens=40_000, lr=1e-2, warmup_steps=5,
+        num_heads=2, seq_len=64, batch_size=8, train_tokens=100_000, lr=1e-2, warmup_steps=5,
         eval_tokens_per_domain=2048, corpus_chars=60_000,
     ),
 }
@@ -71,7 +69,10 @@ def preset(name: str) -> TestbedConfig:
     return PRESETS[name]
 
 
-def deepseek_config(cfg: TestbedConfig, *, eos_id: int, pad_id: int) -> DeepseekV2Config:
+def deepseek_config(cfg: TestbedConfig, *, eos_id: int, pad_id: int):
+    """The transformers DeepseekV2Config of this testbed."""
+    from transformers import DeepseekV2Config
+
     head_dim = cfg.hidden_size // cfg.num_heads
     return DeepseekV2Config(
         vocab_size=cfg.vocab_size,

@@ -3,7 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from moeforge.errors import ConfigError
-from moeforge.model.sizing import SHIPPED_CONFIGS, shipped_config, size_of_config, size_of_model
+from moeforge.model.shipped import SHIPPED_CONFIGS, shipped_config
+from moeforge.model.sizing import size_of_config, size_of_model
 from tests.model.tiny import tiny_config
 
 

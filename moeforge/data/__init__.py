@@ -1,0 +1,1 @@
+"""Job data: readers, formatting, packing, splits, fingerprints and the vendored corpora."""

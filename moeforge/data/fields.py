@@ -1,0 +1,134 @@
+"""One row of job data (field name → value) into a Record, or the Problem that stops it.
+
+A row is a JSON object, a CSV row, a Parquet row or a Hugging Face dataset row. When a
+configured field is missing, the problem lists the fields the row does have and suggests
+the flag that would pick the right one, so the fix is one flag away (STYLE.md §5).
+"""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from moeforge.data.records import Record
+
+log = logging.getLogger(__name__)
+
+SKIP_HINT = "Fix the record, or pass --skip-bad to skip bad records."
+UTF8_HINT = "Re-save the file as UTF-8, or pass --skip-bad to skip bad records."
+
+# Field names people use for each role, most likely first; only used to suggest a flag.
+_NAMES = {
+    "prompt": ("prompt", "question", "instruction", "input", "query", "problem", "context"),
+    "response": ("response", "answer", "output", "completion", "target", "solution", "reply"),
+    "text": ("text", "content", "body", "document", "code"),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str  # what is wrong with this record, without its location
+    hint: str    # what to do about it
+
+
+def row_to_record(
+    row: Mapping[str, object],
+    source: str,
+    *,
+    prompt_field: str | None,
+    response_field: str | None,
+    text_field: str | None,
+) -> Record | Problem:
+    """Prompt and response fields when both are named, else the one text field (prompt "")."""
+    if prompt_field is not None and response_field is not None:
+        wanted = {"prompt": prompt_field, "response": response_field}
+    elif text_field is not None:
+        wanted = {"text": text_field}
+    else:  # DataSpec rejects this; the check keeps a direct caller honest
+        raise ValueError("name both prompt_field and response_field, or text_field")
+
+    missing = {role: name for role, name in wanted.items() if name not in row}
+    if missing:
+        return _missing(row, missing, wanted)
+    values: dict[str, str] = {}
+    for role, name in wanted.items():
+        value = row[name]
+        if not isinstance(value, str):
+            return Problem(f"field {name!r} is {describe(value)}, expected a string", SKIP_HINT)
+        bad = undecodable_at(value)
+        if bad is not None:
+            return Problem(f"field {name!r} has bytes that are not valid UTF-8 ({bad})", UTF8_HINT)
+        values[role] = value
+
+    if "text" in values:
+        return Record(prompt="", response=values["text"], source=source)
+    if not values["response"].strip():
+        return Problem(f"field {response_field!r} is empty; a record needs a response to learn from", SKIP_HINT)
+    return Record(prompt=values["prompt"], response=values["response"], source=source)
+
+
+def undecodable_at(text: str) -> str | None:
+    """Where text decoded with errors="surrogateescape" holds a byte that was not UTF-8."""
+    for column, char in enumerate(text, start=1):
+        if "\udc80" <= char <= "\udcff":
+            return f"byte 0x{ord(char) - 0xDC00:02x} at column {column}"
+    return None
+
+
+def _missing(row: Mapping[str, object], missing: dict[str, str], wanted: dict[str, str]) -> Problem:
+    names = ", ".join(repr(name) for name in missing.values())
+    verb = "is" if len(missing) == 1 else "are"
+    noun = "field" if len(missing) == 1 else "fields"
+    present = ", ".join(repr(str(key)) for key in row) if row else "no fields"
+    reason = f"{noun} {names} {verb} missing (this record has: {present})"
+    return Problem(reason, _suggest(row, missing, wanted))
+
+
+def _suggest(row: Mapping[str, object], missing: dict[str, str], wanted: dict[str, str]) -> str:
+    """The flags that would pick fields this row has, when there is a clear choice."""
+    taken = {name for role, name in wanted.items() if role not in missing}
+    candidates = [str(key) for key, value in row.items() if isinstance(value, str) and key not in taken]
+    if "text" in missing:  # the default text field is absent: maybe the data is prompt/response
+        prompt, response = _pick(candidates, "prompt"), _pick(candidates, "response")
+        if prompt and response and prompt != response:
+            return f"Pass --prompt-field {prompt} --response-field {response}, or fix the record."
+        flags = {"text": _pick(candidates, "text") or _only(candidates)}
+    else:
+        flags = {}
+        for role in missing:
+            pick = _pick(candidates, role) or _only(candidates)
+            flags[role] = pick
+            if pick:
+                candidates.remove(pick)
+    if all(flags.values()):
+        given = " ".join(f"--{role}-field {name}" for role, name in flags.items())
+        return f"Pass {given}, or fix the record."
+    roles = " / ".join(f"--{role}-field" for role in missing)
+    choices = ", ".join(repr(name) for name in candidates) or "none of its fields are strings"
+    return f"Pass {roles} naming one of this record's string fields ({choices}), or fix the record."
+
+
+def _pick(candidates: list[str], role: str) -> str | None:
+    lowered = {name.lower(): name for name in candidates}
+    return next((lowered[name] for name in _NAMES[role] if name in lowered), None)
+
+
+def _only(candidates: list[str]) -> str | None:
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def describe(value: object) -> str:
+    """A short description of a non-string value for a message: "a number (42)", "null"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} items"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, str):
+        return "a string"
+    preview = repr(value)
+    return f"{type(value).__name__} ({preview[:40]}{'…' if len(preview) > 40 else ''})"
