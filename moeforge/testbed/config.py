@@ -28,7 +28,7 @@ class TestbedConfig(BaseModel):
     num_heads: int = Field(4, ge=1)
     seq_len: int = Field(256, ge=16)
     batch_size: int = Field(16, ge=1)
-    train_tokens: int = Field(1_500_000, ge=1)
+    train_tokens: int = Field(1_250_000, ge=1)
     lr: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.1, ge=0)
