@@ -1,9 +1,20 @@
 """Session fixtures shared across the suite: one small testbed build, made once."""
 
 import pytest
+import torch
 
 from moeforge.testbed.build import build_testbed
 from moeforge.testbed.config import preset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The suite runs torch single-threaded: its tiny models gain nothing from intra-op threads,
+    and on a busy machine OpenMP threads spin-wait against each other (10-100× slower steps)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -52,11 +52,15 @@ def _root(
 
 
 def _register() -> None:
-    from moeforge.cli import data, demo, model, testbed
+    from moeforge.cli import data, demo, model, profile, testbed
+    from moeforge.cli import eval as eval_cli
 
     app.add_typer(testbed.app, name="testbed")
     app.add_typer(model.app, name="model")
     app.add_typer(data.app, name="data")
+    app.command("profile")(profile.profile)
+    app.command("select")(profile.select)
+    app.command("eval")(eval_cli.eval_cmd)
     app.command("demo")(demo.demo)
 
 

@@ -23,7 +23,9 @@ def training_bar(label: str, console: Console | None = None) -> Iterator[Callabl
         task = progress.add_task(label, total=None, stats="")
 
         def on_step(info) -> None:  # a moeforge.testbed.pretrain.StepInfo
-            stats = f"loss {info.loss:.3f} · balance {info.balance_loss:.3f} · {info.tokens_per_s:,.0f} tok/s"
+            balance = getattr(info, "balance_loss", None)  # pre-training also reports its balance loss
+            extra = f" · balance {balance:.3f}" if balance is not None else ""
+            stats = f"loss {info.loss:.3f}{extra} · {info.tokens_per_s:,.0f} tok/s"
             progress.update(task, total=info.steps, completed=info.step, stats=stats)
 
         yield on_step

@@ -60,3 +60,10 @@ def iter_batches(
     for start in range(0, rows, batch_size):
         index = order[start : start + batch_size]
         yield packed.input_ids[index], packed.labels[index]
+
+
+def row_order(n_rows: int, needed: int, seed: int) -> torch.Tensor:
+    """Row indices for `needed` draws: seeded permutations of all rows, one epoch after another."""
+    g = torch.Generator().manual_seed(seed)
+    epochs = -(-needed // n_rows)
+    return torch.cat([torch.randperm(n_rows, generator=g) for _ in range(epochs)])[:needed]

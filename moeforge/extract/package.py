@@ -7,7 +7,8 @@
   (and the trainable ones); routing restricted to them with the full softmax denominator.
 
 Bytes held are counted tensor by tensor over what the miner's process holds: the model's
-parameters and buffers plus its own trainable copy of the slice. The same rules run on the
+parameters and buffers plus its own float32 copy of the trainable slice (the trainer's master
+weights). The same rules run on the
 meta device to plan the real DeepSeek-V2-Lite without allocating it.
 """
 
@@ -69,13 +70,9 @@ def held_bytes(model) -> int:
 
 
 def slice_bytes(model, trainable: list[ExpertSlot]) -> int:
-    """Bytes of the miner's own full-precision copy of the trainable experts."""
+    """Bytes of the miner's own copy of the trainable experts: float32 master weights."""
     layers = {layer.index: layer for layer in moe_layers(model)}
-    total = 0
-    for slot in trainable:
-        experts = layers[slot.layer].experts
-        total += sum(p[0].numel() * p.element_size() for p in experts.parameters(recurse=False))
-    return total
+    return sum(4 * sum(p[0].numel() for p in layers[s.layer].experts.parameters(recurse=False)) for s in trainable)
 
 
 def plan_memory(config, mode: MinerMode, *, trainable_per_layer: int, kept_per_layer: int | None = None,

@@ -25,7 +25,10 @@ _EXPERT_KEY = re.compile(r"(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<part>.+
 
 def load_config(source: str | Path, *, online: bool = False) -> PretrainedConfig:
     """The config of a local checkpoint directory or hub id; checks the family is supported."""
-    path = Path(source)
+    path = Path(source).expanduser()
+    looks_local = path.is_absolute() or str(source).startswith((".", "~")) or str(source).count("/") > 1
+    if looks_local and not path.exists():
+        raise ArtifactNotFound(f"{source}: no such model directory. Build one with `moeforge testbed build`.")
     if path.is_dir() and not (path / "config.json").is_file():
         raise ArtifactNotFound(
             f"{source}: not a model directory (no config.json; it has: {_listing(path)}). "

@@ -6,14 +6,15 @@ E · Σ_i f_i · P_i, with f_i the share of top-k slots sent to expert i and P_i
 probability.
 """
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from moeforge.data.packing import row_order
 from moeforge.model.routing import RoutingRecorder, RoutingTrace
+from moeforge.train.schedule import lr_at
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,6 @@ def balance_loss(trace: RoutingTrace, num_experts: int) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up to `peak`, then cosine decay to 10% of it."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def pretrain(
     model,
     input_ids: torch.Tensor,  # [N, L] packed training rows
@@ -69,7 +62,7 @@ def pretrain(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.95),
     )
-    order = _batch_order(input_ids.shape[0], steps * batch_size, seed)
+    order = row_order(input_ids.shape[0], steps * batch_size, seed)
     num_experts = model.config.n_routed_experts
     history = []
     with RoutingRecorder(model, keep_logits=True) as recorder:
@@ -97,10 +90,3 @@ def pretrain(
                 on_step(info)
     model.eval()
     return history
-
-
-def _batch_order(n_rows: int, needed: int, seed: int) -> torch.Tensor:
-    """Row indices for `needed` draws: seeded permutations of all rows, one epoch after another."""
-    g = torch.Generator().manual_seed(seed)
-    epochs = -(-needed // n_rows)
-    return torch.cat([torch.randperm(n_rows, generator=g) for _ in range(epochs)])[:needed]

@@ -1,5 +1,4 @@
 import pytest
-import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from moeforge.errors import ModelError

@@ -1,5 +1,3 @@
-import torch
-
 from moeforge.model.experts import ExpertSlot, read_expert, write_expert
 from moeforge.model.fingerprint import model_fingerprint
 from moeforge.model.load import load_model

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -69,3 +67,8 @@ def test_dense_checkpoint_is_refused_naming_supported_families(tmp_path):
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     with pytest.raises(ModelError, match=r"'llama' is not a supported .*deepseek_v2"):
         load_model(tmp_path)
+
+
+def test_missing_local_directory_is_named(tmp_path):
+    with pytest.raises(ArtifactNotFound, match=r"absent: no such model directory"):
+        load_model(tmp_path / "absent")

@@ -3,7 +3,7 @@ from transformers import AutoModelForCausalLM
 
 from moeforge.model.routing import LayerRouting, RoutingTrace
 from moeforge.testbed.config import TestbedConfig, deepseek_config
-from moeforge.testbed.pretrain import balance_loss, lr_at, pretrain
+from moeforge.testbed.pretrain import balance_loss, pretrain
 
 
 def _trace(ids: torch.Tensor, logits: torch.Tensor) -> RoutingTrace:
@@ -19,14 +19,6 @@ def test_balance_loss_is_one_when_balanced_and_higher_when_collapsed():
     collapsed_logits[:, 0] = 5.0
     collapsed = torch.zeros(tokens, 1, dtype=torch.long)
     assert balance_loss(_trace(collapsed, collapsed_logits), experts) > 3.0
-
-
-def test_lr_warms_up_then_decays_to_a_tenth():
-    peak, steps, warmup = 1e-3, 100, 10
-    lrs = [lr_at(s, steps, peak, warmup) for s in range(steps + 1)]
-    assert lrs[0] < lrs[5] < lrs[9] == peak
-    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1 :]))
-    assert abs(lrs[-1] - peak / 10) < 1e-12
 
 
 def test_pretraining_lowers_the_loss_and_trains_routers():

@@ -1,0 +1,210 @@
+"""Benchmark: the ESFT pilot on the testbed, with GSM8K as the maths job.
+
+Profiles the domain, selects experts (ESFT-Token p=0.2, ESFT-Gate p=0.1, and a random control
+of the same size), trains each method on the same data and token budget (plus full
+fine-tuning and LoRA), and measures domain held-out loss and general perplexity before and
+after, trainable share, training speed and peak memory. Then builds the three miner memory
+modes, reports their bytes (exact on the testbed, computed for DeepSeek-V2-Lite) and fidelity.
+Prints a table and writes bench/results/esft_pilot.json.
+
+    .venv/bin/python bench/esft_pilot.py [--preset default] [--train-tokens 300000]
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from moeforge.data.corpora import load_corpus
+from moeforge.data.formatting import encode_records
+from moeforge.data.packing import pack_examples
+from moeforge.eval.domain import domain_loss
+from moeforge.eval.general import general_perplexity
+from moeforge.extract.package import MODES, held_bytes, plan_memory, reduce_for_mode, slice_bytes
+from moeforge.model.fingerprint import model_fingerprint
+from moeforge.model.load import load_model
+from moeforge.model.shipped import shipped_config
+from moeforge.model.sizing import size_of_model
+from moeforge.model.slices import apply_slice, remove_delta
+from moeforge.profile.overhead import profiling_overhead
+from moeforge.profile.selection import SelectConfig, coverage_selection, random_selection, select_experts
+from moeforge.profile.stats import ProfileConfig, profile_records
+from moeforge.testbed.build import build_testbed
+from moeforge.testbed.config import preset
+from moeforge.train.baselines import train_full, train_lora
+from moeforge.train.config import TrainConfig
+from moeforge.train.esft import train_experts
+
+RESULTS = Path(__file__).parent / "results" / "esft_pilot.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--out", type=Path, default=None, help="testbed directory (default: the moeforge cache)")
+    parser.add_argument("--profile-tokens", type=int, default=131_072)
+    parser.add_argument("--train-tokens", type=int, default=300_000)
+    parser.add_argument("--eval-tokens", type=int, default=32_768)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--esft-lr", type=float, default=1e-3)
+    parser.add_argument("--fft-lr", type=float, default=1e-4)
+    parser.add_argument("--lora-lr", type=float, default=1e-3)
+    parser.add_argument("--coverage", type=float, default=0.9)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    cfg = preset(args.preset)
+    home = Path(os.environ.get("MOEFORGE_HOME") or Path.home() / ".cache" / "moeforge")
+    base_dir = args.out or home / "testbed" / f"{args.preset}-{cfg.key()}"
+    build_testbed(cfg, base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base = load_model(base_dir)
+    fingerprint = model_fingerprint(base)
+    seq_len = cfg.seq_len
+    train_records, test_records = load_corpus("math", "train"), load_corpus("math", "test")
+
+    def evaluate(model) -> dict:
+        d = domain_loss(model, tokenizer, test_records, seq_len=seq_len, max_tokens=args.eval_tokens)
+        g = general_perplexity(model, tokenizer, seq_len=seq_len, max_tokens=args.eval_tokens)
+        return {"domain_loss": d.loss, "general_ppl": g.perplexity}
+
+    # 1. profile and select
+    started = time.perf_counter()
+    profile = profile_records(base, tokenizer, train_records, ProfileConfig(tokens=args.profile_tokens, seq_len=seq_len),
+                              base_fingerprint=fingerprint)
+    profile_seconds = time.perf_counter() - started
+    selections = {
+        "esft_token": select_experts(profile, SelectConfig(score="token")),
+        "esft_gate": select_experts(profile, SelectConfig(score="gate")),
+    }
+    selections["random"] = random_selection(selections["esft_token"], seed=0)
+    coverage = coverage_selection(profile, share=args.coverage)
+    packed = pack_examples(encode_records(train_records, tokenizer), seq_len, tokenizer.pad_token_id)
+    overhead = profiling_overhead(base, packed.input_ids[: max(1, args.eval_tokens // seq_len)], batch_size=8)
+
+    # 2. methods, same data and token budget
+    before = evaluate(base)
+    total_params = size_of_model(base).total_params
+
+    def train_cfg(lr: float) -> TrainConfig:
+        return TrainConfig(lr=lr, tokens=args.train_tokens, batch_size=args.batch_size, warmup_steps=5,
+                           weight_decay=0.0, checkpoint_every=0, seed=0)
+
+    methods, deltas = {}, {}
+    for name, selection in selections.items():
+        slots = selection.slots()
+        delta, result = train_experts(base, slots, packed, train_cfg(args.esft_lr), base_fingerprint=fingerprint)
+        apply_slice(base, delta)
+        after = evaluate(base)
+        remove_delta(base, delta)
+        deltas[name] = delta
+        methods[name] = _row(before, after, result, total_params, experts=len(slots))
+    model = load_model(base_dir)
+    result = train_full(model, packed, train_cfg(args.fft_lr))
+    methods["fft"] = _row(before, evaluate(model), result, total_params)
+    del model
+    model = load_model(base_dir)
+    model, result = train_lora(model, packed, train_cfg(args.lora_lr), rank=8, target_experts=True)
+    methods["lora"] = _row(before, evaluate(model), result, total_params)
+    del model
+
+    # 3. miner memory modes, training the ESFT-Token experts
+    slots = selections["esft_token"].slots()
+    kept = {layer: list(ids) for layer, ids in coverage.experts.items()}
+    n_layers = len(profile.layers)
+    per_layer_trained = len(slots) / n_layers / profile.num_experts
+    per_layer_kept = sum(len(ids) for ids in kept.values()) / n_layers / profile.num_experts
+    v2 = shipped_config("deepseek-v2-lite")
+    v2_experts = v2.n_routed_experts
+    full_after = methods["esft_token"]["domain_loss_after"]
+    memory_modes = {}
+    for mode in MODES:
+        miner = load_model(base_dir)
+        reduce_for_mode(miner, mode, slots, kept)
+        held = held_bytes(miner) + slice_bytes(base, slots)
+        miner_loss = evaluate(miner)["domain_loss"]
+        if mode == "full":
+            after = full_after
+        else:
+            delta, _ = train_experts(miner, slots, packed, train_cfg(args.esft_lr), base_fingerprint=fingerprint)
+            apply_slice(base, delta)
+            after = evaluate(base)["domain_loss"]
+            remove_delta(base, delta)
+        plan = plan_memory(v2, mode, trainable_per_layer=max(1, round(per_layer_trained * v2_experts)),
+                           kept_per_layer=max(v2.num_experts_per_tok, round(per_layer_kept * v2_experts)))
+        memory_modes[mode] = {
+            "bytes_held_testbed": held,
+            "fraction_of_full_testbed": held / (held_bytes(base) + slice_bytes(base, slots)),
+            "bytes_held_v2_lite": plan.bytes_held,
+            "fraction_of_full_v2_lite": plan.fraction_of_full,
+            "miner_domain_loss": miner_loss,
+            "miner_domain_loss_gap": miner_loss - before["domain_loss"],
+            "domain_loss_after": after,
+            "domain_loss_gap": after - full_after,
+        }
+        del miner
+
+    fft_gain = methods["fft"]["domain_loss_before"] - methods["fft"]["domain_loss_after"]
+    result = {
+        "preset": args.preset,
+        "train_tokens": args.train_tokens,
+        "profile_tokens": profile.tokens,
+        "profile_seconds": round(profile_seconds, 2),
+        "profiling_overhead": overhead["ratio"],
+        "profiling_overhead_with_saliency": overhead["ratio_saliency"],
+        "selected_experts": {k: v.count for k, v in selections.items()},
+        "coverage_experts": coverage.count,
+        "methods": methods,
+        "esft_token_share_of_fft_gain": (methods["esft_token"]["domain_loss_before"] - methods["esft_token"]["domain_loss_after"]) / fft_gain,
+        "esft_gate_share_of_fft_gain": (methods["esft_gate"]["domain_loss_before"] - methods["esft_gate"]["domain_loss_after"]) / fft_gain,
+        "memory_modes": memory_modes,
+        "learning_rates": {"esft": args.esft_lr, "fft": args.fft_lr, "lora": args.lora_lr},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+    }
+    _print(result)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.results}")
+
+
+def _row(before: dict, after: dict, result, total_params: int, experts: int | None = None) -> dict:
+    row = {
+        "domain_loss_before": before["domain_loss"],
+        "domain_loss_after": after["domain_loss"],
+        "general_ppl_before": before["general_ppl"],
+        "general_ppl_after": after["general_ppl"],
+        "general_ppl_drift": after["general_ppl"] / before["general_ppl"] - 1,
+        "trainable_params": result.trainable_params,
+        "trainable_params_frac": result.trainable_params / total_params,
+        "train_tokens_per_s": result.tokens_per_s,
+        "train_seconds": result.seconds,
+        "peak_mem_bytes": result.peak_mem_bytes,
+    }
+    if experts is not None:
+        row["experts"] = experts
+    return row
+
+
+def _print(r: dict) -> None:
+    print(f"profiling: {r['profile_tokens']:,} tokens in {r['profile_seconds']:.1f} s; overhead ×{r['profiling_overhead']:.3f} "
+          f"(×{r['profiling_overhead_with_saliency']:.3f} with REAP saliency)")
+    print(f"{'method':11s} {'domain loss':>17s} {'general ppl':>19s} {'drift':>7s} {'trained':>8s} {'tok/s':>8s} {'peak MB':>8s}")
+    for name, m in r["methods"].items():
+        print(f"{name:11s} {m['domain_loss_before']:7.3f} → {m['domain_loss_after']:6.3f} "
+              f"{m['general_ppl_before']:8.2f} → {m['general_ppl_after']:7.2f} {100 * m['general_ppl_drift']:+6.2f}% "
+              f"{100 * m['trainable_params_frac']:7.2f}% {m['train_tokens_per_s']:8,.0f} {m['peak_mem_bytes'] / 2**20:8.1f}")
+    print(f"ESFT-Token reaches {100 * r['esft_token_share_of_fft_gain']:.1f}% of full fine-tuning's domain-loss gain; "
+          f"ESFT-Gate {100 * r['esft_gate_share_of_fft_gain']:.1f}%")
+    print(f"{'mode':10s} {'testbed bytes':>14s} {'V2-Lite GB':>11s} {'of full':>8s} {'miner loss gap':>15s} {'trained-in-mode gap':>20s}")
+    for mode, m in r["memory_modes"].items():
+        print(f"{mode:10s} {m['bytes_held_testbed']:14,} {m['bytes_held_v2_lite'] / 1e9:11.2f} "
+              f"{100 * m['fraction_of_full_v2_lite']:7.1f}% {m['miner_domain_loss_gap']:+15.4f} {m['domain_loss_gap']:+20.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""`moeforge profile` and `moeforge select`: how a base model routes a domain, then ESFT's choice of experts.
+
+Two plain functions; `cli/main.py` registers them as top-level commands. Heavy modules (torch,
+transformers, matplotlib) are imported inside them so `moeforge --help` stays fast.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from moeforge.data.corpora import DOMAINS
+from moeforge.errors import ArtifactNotFound, ConfigError, DataError
+
+log = logging.getLogger(__name__)
+console = Console()
+
+PROFILE_FILE = "profile.json"
+HEATMAP_FILE = "heatmap.png"
+EXPERT_CONFIG_FILE = "expert_config.json"
+_SHOWN_TOP = 4  # experts listed per layer in the profile table
+_FLAGS = {  # pydantic field → the CLI flag that sets it, for error messages
+    "tokens": "--tokens", "seq_len": "--seq-len", "batch_size": "--batch-size", "p": "--p",
+    "min_per_layer": "--min-per-layer", "max_per_layer": "--max-per-layer", "score": "--score",
+    "prompt_field": "--prompt-field", "response_field": "--response-field", "text_field": "--text-field",
+}
+
+
+def profile(
+    model: Annotated[str, typer.Argument(help="Base model: a checkpoint directory with its tokenizer.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help=f"Domain data: a .jsonl/.csv/.txt/.parquet file or saved HF dataset, "
+            f"or a vendored corpus ({', '.join(DOMAINS)}; its train split)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help=f"Folder for {PROFILE_FILE} and {HEATMAP_FILE}.")],
+    tokens: Annotated[int, typer.Option(help="Real tokens to profile (ESFT: 131,072).")] = 131_072,
+    batch_size: Annotated[int, typer.Option(help="Packed rows per forward pass.")] = 8,
+    seq_len: Annotated[
+        int | None, typer.Option(help="Tokens per packed row (default: the model's context, at most 256).")
+    ] = None,
+    prompt_field: Annotated[str | None, typer.Option(help="Field with the prompt; needs --response-field.")] = None,
+    response_field: Annotated[str | None, typer.Option(help="Field with the response.")] = None,
+    text_field: Annotated[str, typer.Option(help="Field with plain text, when no prompt/response fields.")] = "text",
+    no_saliency: Annotated[
+        bool, typer.Option("--no-saliency", help="Skip REAP saliency (saves one pass through the routed experts).")
+    ] = False,
+) -> None:
+    """Profile how the base model routes DATA: per layer and expert, token share, gate score and saliency."""
+    from moeforge.data.readers import DataSpec
+    from moeforge.profile.heatmap import plot_profile
+    from moeforge.profile.profile_file import save_profile
+    from moeforge.profile.stats import ProfileConfig, profile_records
+
+    config = _validated(ProfileConfig, tokens=tokens, seq_len=seq_len, batch_size=batch_size, saliency=not no_saliency)
+    spec = _validated(DataSpec, prompt_field=prompt_field, response_field=response_field, text_field=text_field)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; expected a folder for {PROFILE_FILE} and {HEATMAP_FILE}.")
+    records = _records(data, spec)
+    base, tokenizer = _load(model)
+    with _profiling_bar() as on_batch:
+        result = profile_records(base, tokenizer, records, config, on_batch=on_batch)
+    out.mkdir(parents=True, exist_ok=True)
+    save_profile(result, out / PROFILE_FILE)
+    plot_profile(result, out / HEATMAP_FILE)
+    _print_profile(result)
+    console.print(f"{result.tokens:,} tokens profiled · wrote {out / PROFILE_FILE} and {out / HEATMAP_FILE}")
+
+
+def select(
+    profile_path: Annotated[Path, typer.Argument(help=f"A {PROFILE_FILE} written by `moeforge profile`.")],
+    out: Annotated[
+        Path, typer.Option("--out", help=f"Expert config JSON to write (a folder gets {EXPERT_CONFIG_FILE}).")
+    ],
+    score: Annotated[Literal["token", "gate", "saliency"], typer.Option(help="Score to rank experts by.")] = "token",
+    p: Annotated[
+        float | None, typer.Option("--p", help="Cumulative score to reach per layer (default: token 0.2, gate 0.1).")
+    ] = None,
+    min_per_layer: Annotated[int, typer.Option(help="Fewest experts per layer.")] = 1,
+    max_per_layer: Annotated[int | None, typer.Option(help="Most experts per layer.")] = None,
+) -> None:
+    """Choose the experts to train: per layer, the smallest top set whose score reaches p (ESFT)."""
+    from moeforge.profile.profile_file import load_profile
+    from moeforge.profile.selection import SelectConfig, save_expert_config, select_experts
+
+    config = _validated(SelectConfig, score=score, p=p, min_per_layer=min_per_layer, max_per_layer=max_per_layer)
+    routing = load_profile(profile_path)
+    selected = select_experts(routing, config)
+    target = out / EXPERT_CONFIG_FILE if out.is_dir() else out
+    save_expert_config(selected, target)
+    _print_selection(selected, routing)
+    console.print(
+        f"selected {selected.count} of {routing.num_experts * len(routing.layers)} routed experts "
+        f"({100 * selected.share:.1f}%) by {config.score} score, p={config.threshold:g} · wrote {target}"
+    )
+
+
+def _validated(model_class: type[BaseModel], **fields) -> BaseModel:
+    """The pydantic model, or one ConfigError naming every bad flag."""
+    try:
+        return model_class(**fields)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["loc"]:
+                name = str(error["loc"][0])
+                problems.append(f"{_FLAGS.get(name, name)} {fields.get(name)!r}: {message}")
+            else:
+                problems.append(message)
+        raise ConfigError(f"bad option: {'; '.join(problems)}.") from None
+
+
+def _records(data: Path, spec):
+    from moeforge.data.corpora import load_corpus
+    from moeforge.data.readers import read_records
+
+    if data.exists():
+        return read_records(data, spec).records
+    if str(data) in DOMAINS:
+        return load_corpus(str(data), "train")
+    raise DataError(
+        f"{data}: no such data file or folder, and not a vendored corpus ({', '.join(DOMAINS)}). "
+        f"Check the path (relative paths start at {Path.cwd()})."
+    )
+
+
+def _load(source: str):
+    from transformers import AutoTokenizer
+
+    from moeforge.model.load import load_model
+
+    path = Path(source)
+    looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "~")) and not path.is_absolute()
+    if not path.exists() and not looks_like_hub_id:
+        raise ArtifactNotFound(
+            f"{source}: no such model directory. Pass a checkpoint folder written by save_pretrained "
+            "(with its tokenizer), or build the testbed with `moeforge testbed build`."
+        )
+    base = load_model(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{source}: cannot load the model's tokenizer ({exc}). Save the tokenizer beside the weights "
+            "(tokenizer.save_pretrained to the same folder)."
+        ) from exc
+    return base, tokenizer
+
+
+@contextmanager
+def _profiling_bar() -> Iterator[Callable]:
+    """A rich bar over the tokens profiled; yields the on_batch callback that feeds it."""
+    columns = (
+        TextColumn("[bold]profiling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tokens · batch {task.fields[batch]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("profiling", total=None, batch="")
+
+        def on_batch(info) -> None:  # a moeforge.profile.stats.BatchInfo
+            progress.update(task, total=info.total_tokens, completed=info.tokens, batch=f"{info.batch}/{info.batches}")
+
+        yield on_batch
+
+
+def _print_profile(routing) -> None:  # a RoutingProfile
+    from moeforge.profile.selection import DEFAULT_P, top_p_experts
+
+    title = f"{routing.model_type}: routing of {routing.tokens:,} tokens (top-{routing.top_k} of {routing.num_experts})"
+    table = Table(title=title, caption="the last two columns: experts needed to reach p in the layer")
+    table.add_column("layer", justify="right")
+    table.add_column("top experts (token share)")
+    table.add_column(f"token p={DEFAULT_P['token']:g}", justify="right")
+    table.add_column(f"gate p={DEFAULT_P['gate']:g}", justify="right")
+    for layer in routing.layers:
+        shares = routing.token[layer]
+        top = sorted(range(len(shares)), key=lambda e: (-shares[e], e))[:_SHOWN_TOP]
+        table.add_row(
+            str(layer),
+            "  ".join(f"{e}:{100 * shares[e]:.1f}%" for e in top),
+            str(len(top_p_experts(shares, DEFAULT_P["token"]))),
+            str(len(top_p_experts(routing.gate[layer], DEFAULT_P["gate"]))),
+        )
+    console.print(table)
+
+
+def _print_selection(selected, routing) -> None:  # an ExpertConfig and its RoutingProfile
+    scores = routing.scores(selected.score_function)
+    table = Table(title=f"experts selected by {selected.score_function} score, p={selected.p:g}")
+    table.add_column("layer", justify="right")
+    table.add_column("selected", justify="right")
+    table.add_column("experts")
+    table.add_column("score held", justify="right")
+    for layer, ids in sorted(selected.experts.items()):
+        held = sum(scores[layer][e] for e in ids)
+        table.add_row(str(layer), f"{len(ids)} / {routing.num_experts}", " ".join(map(str, ids)), f"{100 * held:.1f}%")
+    console.print(table)
