@@ -7,16 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moeforge.data.corpora import DOMAINS, load_corpus
-from moeforge.data.readers import DataSpec, read_records
+from moeforge.cli.inputs import job_records, load_checkpoint, validated
+from moeforge.data.corpora import DOMAINS
 from moeforge.data.records import Record
-from moeforge.errors import ArtifactNotFound, ConfigError, ModelError
 
 if TYPE_CHECKING:
     from moeforge.eval.report import EvalConfig, EvalReport
@@ -52,16 +50,13 @@ def eval_cmd(
     """Evaluate a checkpoint: loss on the data's responses, WikiText-2 perplexity, GSM8K accuracy."""
     if gsm8k_limit is None:
         gsm8k_limit = _MATH_GSM8K_LIMIT if data == "math" else 0
-    config = _config(
-        seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size, gsm8k_limit=gsm8k_limit,
+    from moeforge.eval.report import EvalConfig
+
+    config = validated(
+        EvalConfig, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size, gsm8k_limit=gsm8k_limit,
         max_new_tokens=max_new_tokens,
     )
-    records = _records(data, prompt_field=prompt_field, response_field=response_field, text_field=text_field)
-    if not model.is_dir():
-        raise ArtifactNotFound(
-            f"{model}: no such model directory. Pass a folder written by save_pretrained "
-            "(config.json, weights and tokenizer), e.g. one built with `moeforge testbed build`."
-        )
+    records = job_records(data, "test", prompt_field=prompt_field, response_field=response_field, text_field=text_field)
     report = _evaluate(model, records, config, data)
     if out is not None:
         from moeforge.eval.report import write_report
@@ -70,59 +65,11 @@ def eval_cmd(
     _print(report, out)
 
 
-def _config(**fields: object) -> "EvalConfig":
-    from moeforge.eval.report import EvalConfig
-
-    try:
-        return EvalConfig(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" if e["loc"] else str(e["msg"])
-            for e in exc.errors()
-        )
-        raise ConfigError(f"eval options: {problems.replace('Value error, ', '')}.") from None
-
-
-def _records(data: str, **fields: str | None) -> tuple[Record, ...]:
-    """The test split of a vendored corpus, or every record of a data file read with the field flags."""
-    named = [f"--{name.replace('_', '-')}" for name, value in fields.items() if value is not None]
-    if data in DOMAINS:
-        if named:
-            raise ConfigError(
-                f"{', '.join(named)} apply to data files, but --data {data!r} is a vendored corpus with its own fields. "
-                "Drop the flags, or pass a data file."
-            )
-        return load_corpus(data, "test")
-    if not Path(data).exists():
-        raise ConfigError(
-            f"--data {data!r}: neither a vendored corpus ({', '.join(DOMAINS)}) nor an existing file. "
-            "Pick a corpus name, or check the path."
-        )
-    if fields["text_field"] is None and fields["prompt_field"] is None:
-        fields["text_field"] = "text"
-    try:
-        spec = DataSpec(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
-        raise ConfigError(f"data options: {problems}.") from None
-    return read_records(data, spec).records
-
-
 def _evaluate(directory: Path, records: tuple[Record, ...], config: "EvalConfig", data: str) -> "EvalReport":
-    from transformers import AutoTokenizer  # torch and transformers: imported when a command runs
-
     from moeforge.eval.evaluate import evaluate
     from moeforge.model.fingerprint import model_fingerprint
-    from moeforge.model.load import load_model
 
-    model = load_model(directory)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"{directory}: the model loads but its tokenizer does not ({exc}). "
-            "Save the tokenizer beside the model with tokenizer.save_pretrained."
-        ) from exc
+    model, tokenizer = load_checkpoint(directory)
     with _gsm8k_bar(config.gsm8k_limit) as on_progress:
         return evaluate(
             model, tokenizer, records, config,

@@ -52,7 +52,7 @@ def _root(
 
 
 def _register() -> None:
-    from moeforge.cli import data, demo, model, profile, testbed
+    from moeforge.cli import data, demo, extract, model, profile, testbed, train
     from moeforge.cli import eval as eval_cli
 
     app.add_typer(testbed.app, name="testbed")
@@ -60,6 +60,8 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
     app.command("profile")(profile.profile)
     app.command("select")(profile.select)
+    app.command("extract")(extract.extract)
+    app.command("train")(train.train)
     app.command("eval")(eval_cli.eval_cmd)
     app.command("demo")(demo.demo)
 

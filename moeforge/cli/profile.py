@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from moeforge.cli.inputs import job_records, load_checkpoint, validated
 from moeforge.data.corpora import DOMAINS
-from moeforge.errors import ArtifactNotFound, ConfigError, DataError
+from moeforge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -26,11 +26,6 @@ PROFILE_FILE = "profile.json"
 HEATMAP_FILE = "heatmap.png"
 EXPERT_CONFIG_FILE = "expert_config.json"
 _SHOWN_TOP = 4  # experts listed per layer in the profile table
-_FLAGS = {  # pydantic field → the CLI flag that sets it, for error messages
-    "tokens": "--tokens", "seq_len": "--seq-len", "batch_size": "--batch-size", "p": "--p",
-    "min_per_layer": "--min-per-layer", "max_per_layer": "--max-per-layer", "score": "--score",
-    "prompt_field": "--prompt-field", "response_field": "--response-field", "text_field": "--text-field",
-}
 
 
 def profile(
@@ -50,23 +45,21 @@ def profile(
     ] = None,
     prompt_field: Annotated[str | None, typer.Option(help="Field with the prompt; needs --response-field.")] = None,
     response_field: Annotated[str | None, typer.Option(help="Field with the response.")] = None,
-    text_field: Annotated[str, typer.Option(help="Field with plain text, when no prompt/response fields.")] = "text",
+    text_field: Annotated[str | None, typer.Option(help="Field with plain text (default 'text'), when no prompt/response fields.")] = None,
     no_saliency: Annotated[
         bool, typer.Option("--no-saliency", help="Skip REAP saliency (saves one pass through the routed experts).")
     ] = False,
 ) -> None:
     """Profile how the base model routes DATA: per layer and expert, token share, gate score and saliency."""
-    from moeforge.data.readers import DataSpec
     from moeforge.profile.heatmap import plot_profile
     from moeforge.profile.profile_file import save_profile
     from moeforge.profile.stats import ProfileConfig, profile_records
 
-    config = _validated(ProfileConfig, tokens=tokens, seq_len=seq_len, batch_size=batch_size, saliency=not no_saliency)
-    spec = _validated(DataSpec, prompt_field=prompt_field, response_field=response_field, text_field=text_field)
+    config = validated(ProfileConfig, tokens=tokens, seq_len=seq_len, batch_size=batch_size, saliency=not no_saliency)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file; expected a folder for {PROFILE_FILE} and {HEATMAP_FILE}.")
-    records = _records(data, spec)
-    base, tokenizer = _load(model)
+    records = job_records(str(data), "train", flag="DATA", prompt_field=prompt_field, response_field=response_field, text_field=text_field)
+    base, tokenizer = load_checkpoint(model)
     with _profiling_bar() as on_batch:
         result = profile_records(base, tokenizer, records, config, on_batch=on_batch)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +85,7 @@ def select(
     from moeforge.profile.profile_file import load_profile
     from moeforge.profile.selection import SelectConfig, save_expert_config, select_experts
 
-    config = _validated(SelectConfig, score=score, p=p, min_per_layer=min_per_layer, max_per_layer=max_per_layer)
+    config = validated(SelectConfig, score=score, p=p, min_per_layer=min_per_layer, max_per_layer=max_per_layer)
     routing = load_profile(profile_path)
     selected = select_experts(routing, config)
     target = out / EXPERT_CONFIG_FILE if out.is_dir() else out
@@ -102,59 +95,6 @@ def select(
         f"selected {selected.count} of {routing.num_experts * len(routing.layers)} routed experts "
         f"({100 * selected.share:.1f}%) by {config.score} score, p={config.threshold:g} · wrote {target}"
     )
-
-
-def _validated(model_class: type[BaseModel], **fields) -> BaseModel:
-    """The pydantic model, or one ConfigError naming every bad flag."""
-    try:
-        return model_class(**fields)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["loc"]:
-                name = str(error["loc"][0])
-                problems.append(f"{_FLAGS.get(name, name)} {fields.get(name)!r}: {message}")
-            else:
-                problems.append(message)
-        raise ConfigError(f"bad option: {'; '.join(problems)}.") from None
-
-
-def _records(data: Path, spec):
-    from moeforge.data.corpora import load_corpus
-    from moeforge.data.readers import read_records
-
-    if data.exists():
-        return read_records(data, spec).records
-    if str(data) in DOMAINS:
-        return load_corpus(str(data), "train")
-    raise DataError(
-        f"{data}: no such data file or folder, and not a vendored corpus ({', '.join(DOMAINS)}). "
-        f"Check the path (relative paths start at {Path.cwd()})."
-    )
-
-
-def _load(source: str):
-    from transformers import AutoTokenizer
-
-    from moeforge.model.load import load_model
-
-    path = Path(source)
-    looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "~")) and not path.is_absolute()
-    if not path.exists() and not looks_like_hub_id:
-        raise ArtifactNotFound(
-            f"{source}: no such model directory. Pass a checkpoint folder written by save_pretrained "
-            "(with its tokenizer), or build the testbed with `moeforge testbed build`."
-        )
-    base = load_model(source)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"{source}: cannot load the model's tokenizer ({exc}). Save the tokenizer beside the weights "
-            "(tokenizer.save_pretrained to the same folder)."
-        ) from exc
-    return base, tokenizer
 
 
 @contextmanager

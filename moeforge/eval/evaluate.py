@@ -5,20 +5,17 @@ WikiText-2 perplexity as the forgetting check, and, for maths, GSM8K accuracy.
 """
 
 import logging
-import platform
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import torch
-import transformers
 
-import moeforge
 from moeforge.data.fingerprint import fingerprint_records
 from moeforge.data.records import Record
 from moeforge.eval.domain import domain_loss
 from moeforge.eval.general import general_perplexity
 from moeforge.eval.gsm8k import AccuracyResult, ProgressCallback, gsm8k_accuracy
 from moeforge.eval.report import EvalConfig, EvalReport, Gsm8kExample, Gsm8kScore
+from moeforge.versions import software_versions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -65,12 +62,7 @@ def evaluate(
         general_ppl=general.perplexity,
         general_tokens=general.tokens,
         gsm8k=gsm8k,
-        versions={
-            "moeforge": moeforge.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
+        versions=software_versions(),
     )
 
 

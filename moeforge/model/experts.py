@@ -86,8 +86,9 @@ def read_expert(model, slot: ExpertSlot) -> ExpertWeights:
 
 def write_expert(model, slot: ExpertSlot, weights: ExpertWeights) -> None:
     """Overwrite one routed expert in place; shapes must match exactly, else nothing is written."""
-    current = read_expert(model, slot)
-    _check_shapes(slot, current, weights)
+    problems = shape_problems(read_expert(model, slot), weights)
+    if problems:
+        raise ModelError(f"cannot write expert (layer {slot.layer}, expert {slot.expert}): " + "; ".join(problems) + ".")
     layer = find_layer(model, slot)
     layout = family_of(model.config).layout
     ex, e = layer.experts, slot.expert
@@ -116,18 +117,18 @@ def expert_key(model, slot: ExpertSlot, part: str) -> str:
     return f"{find_layer(model, slot).prefix}.experts.{slot.expert}.{part}"
 
 
-def _check_shapes(slot: ExpertSlot, current: ExpertWeights, new: ExpertWeights) -> None:
+def shape_problems(want: ExpertWeights, have: ExpertWeights) -> list[str]:
+    """Every part missing, extra or mis-shaped in `have` compared with `want` (empty when they match)."""
     problems = []
-    have, want = new.tensors(), current.tensors()
-    for name in sorted(set(have) | set(want)):
-        if name not in have:
+    w, h = want.tensors(), have.tensors()
+    for name in sorted(set(h) | set(w)):
+        if name not in h:
             problems.append(f"{name} is missing")
-        elif name not in want:
-            problems.append(f"{name} is not part of this family's experts")
-        elif tuple(have[name].shape) != tuple(want[name].shape):
-            problems.append(f"{name} has shape {tuple(have[name].shape)}, expected {tuple(want[name].shape)}")
-    if problems:
-        raise ModelError(f"cannot write expert (layer {slot.layer}, expert {slot.expert}): " + "; ".join(problems) + ".")
+        elif name not in w:
+            problems.append(f"{name} is not part of this model's experts")
+        elif tuple(h[name].shape) != tuple(w[name].shape):
+            problems.append(f"{name} has shape {tuple(h[name].shape)}, expected {tuple(w[name].shape)}")
+    return problems
 
 
 def _ranges(indices: list[int]) -> str:

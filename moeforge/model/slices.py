@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from moeforge.errors import ArtifactNotFound, DataError, ModelError
-from moeforge.model.experts import ExpertSlot, ExpertWeights, find_layer, read_expert, write_expert
+from moeforge.model.experts import ExpertSlot, ExpertWeights, find_layer, read_expert, shape_problems, write_expert
 from moeforge.model.families import FAMILIES, family_of
 
 TENSORS_FILE = "experts.safetensors"
@@ -135,18 +135,8 @@ def check_fits(model, piece: ExpertSlice) -> None:
         except ModelError as exc:
             problems.append(str(exc))
             continue
-        want = read_expert(model, slot).tensors()
-        have = piece.weights[slot].tensors()
-        for part in sorted(set(want) | set(have)):
-            if part not in have:
-                problems.append(f"(layer {slot.layer}, expert {slot.expert}) {part} is missing")
-            elif part not in want:
-                problems.append(f"(layer {slot.layer}, expert {slot.expert}) {part} is not part of this model's experts")
-            elif tuple(have[part].shape) != tuple(want[part].shape):
-                problems.append(
-                    f"(layer {slot.layer}, expert {slot.expert}) {part} has shape {tuple(have[part].shape)}, "
-                    f"the model's is {tuple(want[part].shape)}"
-                )
+        for problem in shape_problems(read_expert(model, slot), piece.weights[slot]):
+            problems.append(f"(layer {slot.layer}, expert {slot.expert}) {problem}")
     if problems:
         raise ModelError("the slice does not fit this model (nothing applied): " + "; ".join(problems) + ".")
 

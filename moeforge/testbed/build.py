@@ -9,17 +9,14 @@ folder and renamed into place, so an interrupted build never looks finished.
 import json
 import logging
 import math
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import torch
-import transformers
 from pydantic import BaseModel, ConfigDict
 from transformers import AutoModelForCausalLM
 
-import moeforge
 from moeforge.data.corpora import load_corpus
 from moeforge.data.fingerprint import fingerprint_records
 from moeforge.data.formatting import encode_records
@@ -31,6 +28,7 @@ from moeforge.model.sizing import size_of_model
 from moeforge.testbed.config import EVAL_DOMAINS, GENERAL_DOMAINS, TestbedConfig, deepseek_config
 from moeforge.testbed.pretrain import StepCallback, pretrain
 from moeforge.testbed.tokenizer import train_tokenizer
+from moeforge.versions import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +97,7 @@ def build_testbed(
         final_train_loss=sum(h.loss for h in history[-10:]) / len(history[-10:]),
         domain_losses={d: round(v, 4) for d, v in losses.items()},
         data_fingerprint=fingerprint_records(train_records),
-        versions={
-            "moeforge": moeforge.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
+        versions=software_versions(),
     )
     _write(out_dir, model, tokenizer, report)
     return report

@@ -14,16 +14,13 @@ With a run folder the loop writes `config.json`, one `metrics.jsonl` line per st
 import hashlib
 import logging
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
-import transformers
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-import moeforge
 from moeforge.data.formatting import IGNORE_INDEX
 from moeforge.data.packing import Packed, row_order
 from moeforge.errors import ConfigError
@@ -39,6 +36,7 @@ from moeforge.train.config import TrainConfig
 from moeforge.train.memory import PeakMemory
 from moeforge.train.schedule import lr_at
 from moeforge.train.metrics import StepCallback, StepInfo, TrainResult, append_metrics, write_metrics
+from moeforge.versions import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +222,7 @@ def _open_run(run_dir: Path, cfg: TrainConfig, steps: int, identity: dict[str, s
         _check_resumable(checkpoint, cfg, identity, params)
     run = RunConfig(
         config=cfg, steps=steps, identity=identity, trainable_params=sum(p.numel() for p in params),
-        versions={
-            "moeforge": moeforge.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
+        versions=software_versions(),
     )
     (run_dir / CONFIG_FILE).write_text(run.model_dump_json(indent=2) + "\n")
     return checkpoint

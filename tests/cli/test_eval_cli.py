@@ -93,7 +93,7 @@ def test_field_flags_with_a_corpus_name_are_refused(checkpoint):
 def test_bad_options_are_all_named(checkpoint):
     result = runner.invoke(app, ["eval", str(checkpoint), "--batch-size", "0", "--gsm8k-limit", "-1"])
     assert result.exit_code == 1
-    assert "--batch-size: Input should be greater" in result.stderr and "--gsm8k-limit" in result.stderr
+    assert "--batch-size 0: Input should be greater" in result.stderr and "--gsm8k-limit" in result.stderr
     result = runner.invoke(app, ["eval", str(checkpoint), "--seq-len", "512", "--max-tokens", "100"])
     assert result.exit_code == 1
     assert "max_tokens=100 is below seq_len=512" in result.stderr

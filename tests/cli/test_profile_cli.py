@@ -84,7 +84,8 @@ def test_a_missing_model_directory_is_named(tmp_path):
 def test_bad_profile_options_name_the_flag(small_testbed, tmp_path):
     _, model_dir = small_testbed
     assert_fails_naming(invoke("profile", model_dir, "math", "--out", tmp_path, "--tokens", 0), "--tokens")
-    half_fields = invoke("profile", model_dir, "math", "--out", tmp_path, "--prompt-field", "q")
+    (tmp_path / "job.jsonl").write_text('{"q": "1+1?", "a": "2"}\n')
+    half_fields = invoke("profile", model_dir, tmp_path / "job.jsonl", "--out", tmp_path, "--prompt-field", "q")
     assert_fails_naming(half_fields, "--response-field")
     (tmp_path / "file").write_text("")
     assert_fails_naming(invoke("profile", model_dir, "math", "--out", tmp_path / "file"), "is a file")
