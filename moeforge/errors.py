@@ -27,3 +27,11 @@ class ArtifactNotFound(MoeforgeError):
 
 class ChainError(MoeforgeError):
     """The chain rejected or could not serve a request."""
+
+
+class StoreError(MoeforgeError):
+    """An artifact store object is corrupt, too large, or the store cannot be reached."""
+
+
+class PayloadError(MoeforgeError):
+    """An uploaded payload is malformed, unsigned, or signed by another key than it claims."""

@@ -52,12 +52,14 @@ def _root(
 
 
 def _register() -> None:
-    from moeforge.cli import data, demo, extract, model, profile, testbed, train
+    from moeforge.cli import chain, data, demo, extract, model, profile, store, testbed, train
     from moeforge.cli import eval as eval_cli
 
     app.add_typer(testbed.app, name="testbed")
     app.add_typer(model.app, name="model")
     app.add_typer(data.app, name="data")
+    app.add_typer(store.app, name="store")
+    app.add_typer(chain.app, name="chain")
     app.command("profile")(profile.profile)
     app.command("select")(profile.select)
     app.command("extract")(extract.extract)

@@ -14,3 +14,19 @@ def home() -> Path:
 def testbed_dir(preset: str, cfg: TestbedConfig) -> Path:
     """Where the testbed of this exact config is cached."""
     return home() / "testbed" / f"{preset}-{cfg.key()}"
+
+
+def store_url() -> str:
+    """`$MOEFORGE_STORE` (`file:///…` or `s3://bucket/prefix?endpoint=…`), or the folder store under home()."""
+    return os.environ.get("MOEFORGE_STORE") or (home() / "store").as_uri()
+
+
+def chain_url() -> str:
+    """`$MOEFORGE_CHAIN` (`local:///…/chain.sqlite` or `bittensor://network?netuid=…`), or the local chain under home()."""
+    return os.environ.get("MOEFORGE_CHAIN") or "local://" + str(home() / "chain.sqlite")
+
+
+def s3_credentials() -> tuple[str, str] | None:
+    """(access key, secret key) from `$MOEFORGE_S3_ACCESS_KEY`/`$MOEFORGE_S3_SECRET_KEY`; None → boto3's own chain."""
+    key, secret = os.environ.get("MOEFORGE_S3_ACCESS_KEY"), os.environ.get("MOEFORGE_S3_SECRET_KEY")
+    return (key, secret) if key and secret else None

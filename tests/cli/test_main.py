@@ -10,7 +10,7 @@ runner = CliRunner()
 
 def test_every_command_has_help():
     for args in ([], ["testbed"], ["testbed", "build"], ["model"], ["model", "inspect"], ["model", "size"],
-                 ["data"], ["data", "prepare"], ["eval"], ["profile"], ["select"], ["extract"], ["train"], ["demo"]):
+                 ["data"], ["data", "prepare"], ["eval"], ["profile"], ["select"], ["extract"], ["train"], ["demo"], ["chain"], ["chain", "metagraph"], ["store"], ["store", "verify"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output

@@ -1,0 +1,162 @@
+"""Local folder backend, the default store: one read-only file per object at root/sha256/ab/<digest>.
+
+An object appears only through `os.replace` of a temp file in its own directory that has been
+fully written, fsynced and re-hashed, so no reader ever sees a partial object: a crash leaves
+at most a `.tmp-*` file, which reads and listings never look at. Processes writing the same
+object race harmlessly, since each installs the same bytes under the same name.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from os import PathLike
+from pathlib import Path
+from typing import BinaryIO
+
+from moeforge.errors import ArtifactNotFound, StoreError
+from moeforge.store.protocol import (
+    CHUNK_BYTES,
+    DEFAULT_MAX_OBJECT_BYTES,
+    check_content,
+    check_digest,
+    check_size,
+    is_digest,
+    open_source,
+    sha256_hex,
+    sha256_stream,
+    source_size,
+)
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp-"  # in-progress writes; never an object, whatever they hold
+
+
+class LocalStore:
+    """Objects as files under one folder, created on the first put."""
+
+    def __init__(self, root: str | PathLike[str], *, max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
+        self.root = Path(root).expanduser().absolute()
+        self.url = self.root.as_uri()
+        self.max_object_bytes = max_object_bytes
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.url!r})"
+
+    def put(self, data: bytes) -> str:
+        check_size(len(data), self.max_object_bytes, self.url, "the object")
+        digest = sha256_hex(data)
+        if not self.exists(digest):
+            self._install(digest, lambda out: out.write(data))
+        return digest
+
+    def put_file(self, path: str | PathLike[str]) -> str:
+        path = Path(path)
+        check_size(source_size(path), self.max_object_bytes, self.url, f"file {path}")
+        with open_source(path) as src:
+            digest, n_bytes = sha256_stream(src)
+        check_size(n_bytes, self.max_object_bytes, self.url, f"file {path}")  # it may have grown since stat
+        if not self.exists(digest):
+            self._install(digest, lambda out: _copy_file(path, out))
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        path = self._path(check_digest(digest))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise self._not_found(digest) from None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read object {digest} from store {self.url}: {exc}. Check the folder's permissions."
+            ) from exc
+        return check_content(digest, data, self.url)
+
+    def exists(self, digest: str) -> bool:
+        return self._path(check_digest(digest)).is_file()
+
+    def size(self, digest: str) -> int:
+        try:
+            return self._path(check_digest(digest)).stat().st_size
+        except FileNotFoundError:
+            raise self._not_found(digest) from None
+
+    def digests(self) -> Iterator[str]:
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for fanout in sorted(entry.name for entry in os.scandir(base) if entry.is_dir()):
+            for name in sorted(os.listdir(base / fanout)):
+                if is_digest(name) and name[:2] == fanout:  # skips temp files and strays
+                    yield name
+
+    def _path(self, digest: str) -> Path:
+        return self.root / "sha256" / digest[:2] / digest
+
+    def _not_found(self, digest: str) -> ArtifactNotFound:
+        return ArtifactNotFound(
+            f"object {digest} is not in store {self.url} (no file {self._path(digest)}). "
+            "Check the digest and the --store URL; `moeforge store ls` lists what the store holds."
+        )
+
+    def _install(self, digest: str, write: Callable[[BinaryIO], object]) -> None:
+        """Write to a temp file beside the object, fsync, re-hash, then rename into place."""
+        final = self._path(digest)
+        with self._os_errors(f"write object {digest}"):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{digest[:16]}-", dir=final.parent)
+        temp = Path(name)
+        try:
+            with self._os_errors(f"write object {digest}"):
+                with os.fdopen(fd, "wb") as out:
+                    write(out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                _check_written(temp, digest, self.url)
+                os.chmod(temp, 0o444)  # objects are immutable; a stray write fails loudly
+                os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)  # a killed process skips this; the temp file stays invisible
+            raise
+        _fsync_dir(final.parent)
+        log.debug("stored %s (%d bytes) in %s", digest, final.stat().st_size, self.url)
+
+    @contextmanager
+    def _os_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise StoreError(
+                f"cannot {action} in store {self.url}: {exc}. "
+                "Check that the folder is writable and the disk has room, or pass another --store."
+            ) from exc
+
+
+def _copy_file(path: Path, out: BinaryIO) -> None:
+    with open_source(path) as src:
+        shutil.copyfileobj(src, out, CHUNK_BYTES)
+
+
+def _check_written(temp: Path, digest: str, store_url: str) -> None:
+    with open(temp, "rb") as written:
+        actual, n_bytes = sha256_stream(written)
+    if actual != digest:
+        raise StoreError(
+            f"object {digest} was not stored in {store_url}: the {n_bytes:,} bytes written hash to {actual}. "
+            "The source changed while it was being stored, or the disk is failing; nothing was stored, retry."
+        )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,180 @@
+"""Tests for moeforge/chain/local.py: the block clock, stepping, admin rules, and many processes on one file."""
+
+import hashlib
+import multiprocessing
+import time
+
+import pytest
+
+from moeforge.chain.keys import keypair_from_seed
+from moeforge.chain.local import LocalChain
+from moeforge.errors import ChainError, ConfigError
+
+WORKERS, HOTKEYS, COMMITS = 4, 3, 5  # per process: 3 hotkeys, 5 commits each
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_blocks_advance_with_wall_time_at_the_interval(tmp_path):
+    clock = Clock()
+    chain = LocalChain(tmp_path / "c.sqlite", block_seconds=12, clock=clock)
+    assert chain.block() == 0
+    clock.now += 11.9
+    assert chain.block() == 0
+    clock.now += 0.1
+    assert chain.block() == 1
+    clock.now += 12 * 10
+    assert chain.block() == 11
+    assert chain.step(5) == 16  # stepping adds to the wall clock
+    clock.now += 12
+    assert chain.block() == 17
+
+
+def test_manual_clock_moves_only_by_step(tmp_path):
+    clock = Clock()
+    chain = LocalChain(tmp_path / "c.sqlite", block_seconds=0, clock=clock)
+    clock.now += 3600
+    assert chain.block() == 0
+    assert chain.step() == 1
+    assert chain.step(4) == 5
+    assert chain.block() == 5
+    with pytest.raises(ChainError, match="step 0"):
+        chain.step(0)
+
+
+def test_settings_and_hashes_persist_across_opens(tmp_path):
+    path = tmp_path / "c.sqlite"
+    first = LocalChain(path, block_seconds=0)
+    first.step(3)
+    again = LocalChain(path)  # another process would open it the same way
+    assert (again.block_seconds, again.block()) == (0.0, 3)
+    assert [again.block_hash(b) for b in range(4)] == [first.block_hash(b) for b in range(4)]
+    other = LocalChain(tmp_path / "other.sqlite", block_seconds=0)
+    other.step(3)
+    assert other.block_hash(3) != first.block_hash(3)  # a fresh genesis seed per chain
+
+
+def test_asking_an_existing_chain_for_another_interval_is_refused(tmp_path):
+    LocalChain(tmp_path / "c.sqlite", block_seconds=0)
+    with pytest.raises(ConfigError, match=r"block_seconds=0, not 12"):
+        LocalChain(tmp_path / "c.sqlite", block_seconds=12)
+
+
+def test_negative_interval_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="block_seconds=-1"):
+        LocalChain(tmp_path / "c.sqlite", block_seconds=-1)
+
+
+def test_a_chain_path_that_cannot_be_a_file_is_a_config_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="file"):
+        LocalChain(tmp_path / "file" / "c.sqlite", block_seconds=0)
+
+
+def test_a_second_commit_in_the_same_block_replaces_the_first(local_chain, alice):
+    local_chain.register(alice.ss58_address)
+    first = local_chain.commit(alice, b"first")
+    assert local_chain.commit(alice, b"second") == first
+    local_chain.step()
+    assert local_chain.commitment(alice.ss58_address, at_block=first).data == b"second"
+
+
+def test_state_as_of_the_head_is_final(local_chain, alice):
+    local_chain.register(alice.ss58_address)
+    head = local_chain.block()
+    landed = local_chain.commit(alice, b"late")
+    assert landed == head + 1  # a write lands in the next block, never in one a reader may have read
+    assert local_chain.commitments(at_block=head) == {}
+
+
+def test_register_is_idempotent_and_keeps_the_owner(local_chain, alice, bob):
+    assert local_chain.register(alice.ss58_address, bob.ss58_address) == 0
+    assert local_chain.register(alice.ss58_address) == 0
+    assert local_chain.metagraph().by_uid(0).coldkey == bob.ss58_address
+    with pytest.raises(ChainError, match=f"already registered as uid 0 under coldkey {bob.ss58_address}"):
+        local_chain.register(alice.ss58_address, alice.ss58_address)
+
+
+def test_register_refuses_a_malformed_address(local_chain):
+    with pytest.raises(ChainError, match="'5notanaddress' is not an ss58 address"):
+        local_chain.register("5notanaddress")
+
+
+@pytest.mark.parametrize("amount", [0.0, -3.0, float("nan"), float("inf")])
+def test_bad_stake_amounts_are_refused(local_chain, alice, amount):
+    local_chain.register(alice.ss58_address)
+    with pytest.raises(ChainError, match="expected a finite number > 0"):
+        local_chain.add_stake(alice.ss58_address, amount)
+    assert local_chain.metagraph().by_uid(0).stake == 0
+
+
+def test_stake_for_an_unregistered_hotkey_names_it(local_chain, carol):
+    with pytest.raises(ChainError, match=f"{carol.ss58_address} is not registered"):
+        local_chain.add_stake(carol.ss58_address, 1.0)
+
+
+def test_permits_go_to_the_top_staked_up_to_max_validators(tmp_path):
+    chain = LocalChain(tmp_path / "c.sqlite", block_seconds=0, max_validators=2)
+    keys = [keypair_from_seed(hashlib.sha256(bytes([i])).digest()).ss58_address for i in range(4)]
+    for hotkey, stake in zip(keys, [5.0, 9.0, 5.0, 0.0]):
+        chain.register(hotkey)
+        if stake:
+            chain.add_stake(hotkey, stake)
+    assert [n.validator_permit for n in chain.metagraph().neurons] == [True, True, False, False]  # tie → lower uid
+
+
+def _worker(path: str, worker: int, start, errors) -> None:
+    """One process: register its hotkeys, then commit, step and stake, each a separate write."""
+    try:
+        chain = LocalChain(path)
+        start.wait(timeout=60)
+        keypairs = [keypair_from_seed(hashlib.sha256(f"{worker}/{j}".encode()).digest()) for j in range(HOTKEYS)]
+        for keypair in keypairs:
+            chain.register(keypair.ss58_address)
+        for m in range(COMMITS):
+            for keypair in keypairs:
+                chain.commit(keypair, f"{worker}/{m}".encode())
+                chain.add_stake(keypair.ss58_address, 1.0)
+            chain.step(1)  # so this process's next commits land in a later block
+    except Exception as exc:  # reported to the test, which fails on any
+        errors.put(f"worker {worker}: {type(exc).__name__}: {exc}")
+
+
+@pytest.mark.integration
+def test_many_processes_write_one_chain_without_lost_writes(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    chain = LocalChain(path, block_seconds=0)
+    ctx = multiprocessing.get_context("spawn")
+    start, errors = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(str(path), w, start, errors)) for w in range(WORKERS)]
+    for p in procs:
+        p.start()
+    start.set()
+    deadline = time.monotonic() + 60
+    for p in procs:
+        p.join(timeout=max(0.1, deadline - time.monotonic()))
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    failures = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+    assert failures == []
+
+    graph = chain.metagraph()
+    assert [n.uid for n in graph.neurons] == list(range(WORKERS * HOTKEYS))  # no uid handed out twice
+    assert all(n.stake == COMMITS for n in graph.neurons)  # every increment counted
+    assert chain.block() == WORKERS * COMMITS  # every step counted
+    for neuron in graph.neurons:  # each hotkey's full history, newest first
+        worker = next(w for w in range(WORKERS) if any(
+            keypair_from_seed(hashlib.sha256(f"{w}/{j}".encode()).digest()).ss58_address == neuron.hotkey
+            for j in range(HOTKEYS)))
+        history, c = [], chain.commitment(neuron.hotkey)
+        while c is not None:
+            history.append(c.data)
+            c = chain.commitment(neuron.hotkey, at_block=c.block - 1) if c.block > 0 else None
+        assert history == [f"{worker}/{m}".encode() for m in reversed(range(COMMITS))]
