@@ -26,7 +26,15 @@ class ArtifactNotFound(MoeforgeError):
 
 
 class ChainError(MoeforgeError):
-    """The chain rejected or could not serve a request."""
+    """The chain rejected or could not serve a request; retrying the same request would not help."""
+
+
+class ChainUnavailable(ChainError):
+    """The chain cannot be reached right now (node down, connection dropped, file not there): worth retrying.
+
+    `chain.retry.RetryingChain` retries these with backoff; every other `ChainError` is a refusal
+    (an over-long commitment, an unknown hotkey, no permit) and is raised at once.
+    """
 
 
 class StoreError(MoeforgeError):

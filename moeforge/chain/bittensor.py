@@ -7,7 +7,9 @@ writes through `submit_call(Commitments.set_commitment)` and the `SetWeights` in
 subnet's `CommitRevealWeightsEnabled` (the chain reveals timelocked weights itself). The SDK talks
 to the node through one object, its `Substrate` (an `RpcSubstrate` over a websocket by default);
 tests pass their own `substrate=` and nothing else changes. SDK errors become `ChainError`s that
-name the network, netuid and hotkey, and say what to do.
+name the network, netuid and hotkey, and say what to do; a node that cannot be reached right now
+(`RpcConnectionError`, `ConnectionNotReady`, a dropped websocket, an OS error, a timeout, or an SDK
+`ChainError` caused by one of these) becomes `ChainUnavailable`, which `chain.retry` retries.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from moeforge.chain.protocol import (
     require_permit,
     require_uids,
 )
-from moeforge.errors import ChainError, ConfigError
+from moeforge.errors import ChainError, ChainUnavailable, ConfigError
 
 if TYPE_CHECKING:
     from bittensor.sp_core import Keypair
@@ -66,7 +68,7 @@ class BittensorChain:
             self._client = bittensor.Subtensor(network, substrate=substrate)
         except ValueError as exc:
             raise ConfigError(f"bittensor network {network!r}: {exc}") from exc
-        self._sdk_errors = (bittensor.BittensorError, TimeoutError, OSError)
+        self._sdk_errors = (bittensor.BittensorError, TimeoutError, OSError, *_websocket_errors())
 
     def __repr__(self) -> str:
         return f"BittensorChain(network={self.network!r}, netuid={self.netuid})"
@@ -206,7 +208,8 @@ class BittensorChain:
             raise
         except self._sdk_errors as exc:
             who = f" from {hotkey}" if hotkey else ""
-            raise ChainError(f"{action}{who} on {self._where()} failed: {_describe(exc)}") from exc
+            kind = ChainUnavailable if unreachable(exc) else ChainError
+            raise kind(f"{action}{who} on {self._where()} failed: {_describe(exc)}") from exc
 
 
 def commitment_info(data: bytes) -> dict:
@@ -243,13 +246,39 @@ def _landed_block(result: Any) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether EXC (or what caused it) means the node cannot be reached right now, so a retry may succeed."""
+    import bittensor
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, bittensor.RpcPolicyError):  # the endpoint refuses us: only "busy" passes
+            if exc.retry_after or exc.status_code in (429, 502, 503, 504):
+                return True
+        elif isinstance(exc, (bittensor.RpcConnectionError, bittensor.ConnectionNotReady, TimeoutError, OSError,
+                              *_websocket_errors())):
+            return True
+        exc = exc.__cause__  # an explicit `raise … from`, as the SDK wraps transport errors
+    return False
+
+
+def _websocket_errors() -> tuple[type[Exception], ...]:
+    """The websocket library's dropped-connection errors (the SDK's transport), if it is installed."""
+    try:
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake
+    except ImportError:
+        return ()
+    return (ConnectionClosed, InvalidHandshake)
+
+
 def _describe(exc: Exception) -> str:
     """The SDK's message plus its remediation hint, or what to check for a connection failure."""
     import bittensor
 
-    if isinstance(exc, bittensor.ChainError):
-        return f"{exc.message} ({exc.name or exc.code.value}). {exc.remediation}."
-    if isinstance(exc, (bittensor.RpcConnectionError, bittensor.ConnectionNotReady, TimeoutError, OSError)):
+    if unreachable(exc):
         return (f"cannot reach the node ({exc}). Check the network name or ws:// endpoint in the chain URL "
                 "and your connection, or use a local chain (MOEFORGE_CHAIN=local:///path/chain.sqlite).")
+    if isinstance(exc, bittensor.ChainError):
+        return f"{exc.message} ({exc.name or exc.code.value}). {exc.remediation}."
     return f"{exc}."

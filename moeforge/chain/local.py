@@ -15,6 +15,12 @@ There is no deregistration: uids count up from 0.
 
 Several processes share one file: WAL journal, a busy timeout, one short connection per call, and
 `BEGIN IMMEDIATE` for every write, so writers queue instead of failing or losing updates.
+
+Errors: a file that cannot be reached right now (its folder gone or unmounted, the file missing or not
+openable, a disk I/O error, the write lock held past the busy timeout) → `ChainUnavailable`, which
+`chain.retry` retries; anything else SQLite refuses → `ChainError`. Each write is one transaction, so
+an error means it did not land. Once created, the file is opened read-write only, never re-created:
+a chain file that vanishes for a while is reported unreachable, not replaced by an empty chain.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from moeforge.chain.protocol import (
     require_permit,
     require_uids,
 )
-from moeforge.errors import ChainError, ConfigError
+from moeforge.errors import ChainError, ChainUnavailable, ConfigError
 
 if TYPE_CHECKING:
     from bittensor.sp_core import Keypair
@@ -55,6 +61,8 @@ DEFAULT_BLOCK_SECONDS = 12.0
 DEFAULT_MAX_VALIDATORS = 64
 DEFAULT_NETUID = 1
 _NO_BLOCK_LIMIT = 2**62
+# SQLite result codes (extended ones share the prefix) for a file that cannot be reached right now
+_UNREACHABLE = ("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_PROTOCOL")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,6 +99,7 @@ class LocalChain:
         self.path = Path(path).expanduser()
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
+        self._create = True  # only while opening: afterwards a missing file is unreachable, not new
         self._hashes: list[bytes] = []  # block → hash, filled on demand
         self._hashes_lock = threading.Lock()
         meta = self._open_or_create(block_seconds, netuid, max_validators)
@@ -280,6 +289,7 @@ class LocalChain:
                     db.execute(statement)
             db.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", defaults.items())
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        self._create = False
         if int(meta["schema_version"]) != SCHEMA_VERSION:
             raise ConfigError(f"local chain {self.path} has schema version {meta['schema_version']}; this moeforge "
                               f"reads version {SCHEMA_VERSION}. Init a new chain file.")
@@ -287,19 +297,31 @@ class LocalChain:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        target = self.path if self._create else self.path.absolute().as_uri() + "?mode=rw"
         try:
-            db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+            db = sqlite3.connect(target, timeout=self._busy_timeout_s, isolation_level=None, uri=not self._create)
         except sqlite3.Error as exc:
-            raise ChainError(f"cannot open local chain {self.path}: {exc}. Check the path and its permissions.") from exc
+            raise self._error(exc, "cannot open local chain") from exc
         try:
             db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
             yield db
         except sqlite3.Error as exc:
-            hint = (f" Another process held the write lock for over {self._busy_timeout_s:g} s; look for a stuck one."
-                    if "locked" in str(exc) else "")
-            raise ChainError(f"local chain {self.path}: {exc}.{hint}") from exc
+            raise self._error(exc, "local chain") from exc
         finally:
             db.close()
+
+    def _error(self, exc: sqlite3.Error, what: str) -> ChainError:
+        """EXC as ChainUnavailable if the file cannot be reached right now, else ChainError; both say what to check."""
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        text = str(exc)
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+            return ChainUnavailable(f"{what} {self.path}: {text}. Another process held the write lock for over "
+                                    f"{self._busy_timeout_s:g} s; look for a stuck one.")
+        if name.startswith(_UNREACHABLE) or text in ("unable to open database file", "disk I/O error"):
+            return ChainUnavailable(f"{what} {self.path}: {text} ({_state_of(self.path)}). Check that the file and "
+                                    "its folder are there and readable, and that the disk or mount holding them is up.")
+        return ChainError(f"{what} {self.path}: {text}. Check the path and that it is a moeforge chain file "
+                          "(`moeforge chain init` creates one).")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -322,3 +344,15 @@ class LocalChain:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+
+def _state_of(path: Path) -> str:
+    """What is at PATH right now, in a few words, for an error message."""
+    try:
+        if path.is_file():
+            return "the file is there"
+        if path.exists():
+            return "the path is not a file"
+        return "the file is missing" if path.parent.is_dir() else f"its folder {path.parent} is missing"
+    except OSError as exc:
+        return f"cannot look: {exc.strerror or exc}"

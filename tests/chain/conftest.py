@@ -5,6 +5,8 @@
 Everything above it, the SDK's reads, intents, executor and signing, runs for real. The double keeps
 a node's state per block, answers the storage items, maps and runtime calls the SDK asks for in the
 decoded shapes the transport returns, and applies the calls it is sent: each write lands in a new block.
+It can also drop the connection: `unreachable_for = n` fails the next n calls as an unreachable node
+does, and `lose_next_answer` lets the next submit land but loses its answer with the connection.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from moeforge.chain.bittensor import BittensorChain
 from moeforge.chain.keys import keypair_from_uri
 from moeforge.chain.local import LocalChain
 from moeforge.chain.protocol import Chain
+from moeforge.chain.retry import RetryingChain, RetryingLocalChain, RetryPolicy
 
 NETUID = 7
 RAO_PER_TAO = 10**9
@@ -76,6 +79,8 @@ class FakeSubstrate:
         self.down = False  # connect() fails, as with an unreachable endpoint
         self.weights_rate_limit = 0  # blocks between two weight settings by one validator
         self.extrinsic_ids = True  # some nodes report inclusion without the block-index id
+        self.unreachable_for = 0  # the next N calls fail as when the websocket drops (RpcConnectionError)
+        self.lose_next_answer = False  # the next submit lands, then the connection drops before the answer
         self._states: dict[int, _State] = {first_block: _State(commit_reveal=commit_reveal)}
         self._head = first_block
 
@@ -120,10 +125,12 @@ class FakeSubstrate:
         pass
 
     async def block_hash(self, block: int | None = None) -> str | None:
+        self._reach()
         block = self._head if block is None else block
         return self.hash_of(block) if block in self._states else None  # a node answers null for unknown blocks
 
     async def block_number(self) -> int:
+        self._reach()
         return self._head
 
     async def finalized_block_number(self) -> int:
@@ -138,6 +145,7 @@ class FakeSubstrate:
         raise AssertionError(f"unexpected constant {module}.{name}")
 
     async def get_block(self, block_number: int | None = None, block_hash: str | None = None) -> dict | None:
+        self._reach()
         number = self._block_of(block_hash) if block_hash else (self._head if block_number is None else block_number)
         if number not in self._states:
             return None
@@ -148,17 +156,20 @@ class FakeSubstrate:
 
     async def query(self, module: str, storage_function: str, params: list | None = None,
                     block_hash: str | None = None) -> Any:
+        self._reach()
         block = self._block_of(block_hash)
         self.reads.append((module, storage_function, params, block))
         return self._storage(self._states[block], module, storage_function, list(params or []))
 
     async def query_map(self, module: str, storage_function: str, params: list | None = None,
                         block_hash: str | None = None) -> list[tuple[Any, Any]]:
+        self._reach()
         block = self._block_of(block_hash)
         self.reads.append((module, storage_function, params, block))
         return self._storage_map(self._states[block], module, storage_function, list(params or []))
 
     async def runtime_call(self, api: str, method: str, params: list, block_hash: str | None = None) -> Any:
+        self._reach()
         block = self._block_of(block_hash)
         self.reads.append((api, method, params, block))
         if (api, method) != ("SubnetInfoRuntimeApi", "get_metagraph"):
@@ -174,11 +185,18 @@ class FakeSubstrate:
 
     async def submit(self, call: ComposedCall, keypair, *, nonce=None, period=None,
                      wait_for_inclusion: bool = True, wait_for_finalization: bool = True) -> bt.ExtrinsicResult:
+        self._reach()
         state = self._new_block()
         block = self._head
         self.submitted.append(Submitted(call, keypair.ss58_address, block))
         error = self.reject_next or self._apply(state, block, call, keypair.ss58_address)
         self.reject_next = None
+        if self.lose_next_answer:  # as `RpcSubstrate` reports a websocket lost between sending and inclusion
+            self.lose_next_answer = False
+            try:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            except ConnectionResetError as lost:
+                raise bt.ChainError(str(lost)) from lost
         if error is not None:
             name, message = error
             return bt.ExtrinsicResult(success=False, message=message, block_hash=self.hash_of(block),
@@ -187,6 +205,11 @@ class FakeSubstrate:
                                   extrinsic_id=f"{block}-0002" if self.extrinsic_ids else None)
 
     # --- the node's side ------------------------------------------------------------------------
+
+    def _reach(self) -> None:
+        if self.unreachable_for > 0:
+            self.unreachable_for -= 1
+            raise bt.RpcConnectionError("[Errno 111] Connection refused")
 
     def _new_block(self) -> _State:
         state = copy.deepcopy(self._states[self._head])
@@ -322,11 +345,21 @@ class Harness:
     step: Callable[[int], object]
 
 
-@pytest.fixture(params=["local", "bittensor"])
+def never_sleep(seconds: float) -> None:
+    raise AssertionError(f"a retry was started ({seconds:.2f} s wait) where the chain was reachable")
+
+
+@pytest.fixture(params=["local", "local+retry", "bittensor", "bittensor+retry"])
 def harness(request) -> Harness:
-    if request.param == "local":
+    """Every backend, bare and wrapped in the RetryingChain that `open_chain` returns by default."""
+    backend, _, retry = request.param.partition("+")
+    if backend == "local":
         chain = request.getfixturevalue("local_chain")
-        return Harness("local", chain, chain.register, chain.add_stake, chain.step)
+        if retry:
+            chain = RetryingLocalChain(chain, RetryPolicy(), sleep=never_sleep)
+        return Harness(request.param, chain, chain.register, chain.add_stake, chain.step)
     node = request.getfixturevalue("node")
     chain = request.getfixturevalue("bittensor_chain")
-    return Harness("bittensor", chain, node.register, node.add_stake, node.step)
+    if retry:
+        chain = RetryingChain(chain, RetryPolicy(), sleep=never_sleep)
+    return Harness(request.param, chain, node.register, node.add_stake, node.step)

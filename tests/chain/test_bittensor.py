@@ -8,9 +8,9 @@ metadata, the websocket RPC, signing payloads with a real nonce/era, and the cha
 import bittensor as bt
 import pytest
 
-from moeforge.chain.bittensor import BittensorChain, commitment_info, field_bytes
+from moeforge.chain.bittensor import BittensorChain, commitment_info, field_bytes, unreachable
 from moeforge.chain.keys import create_wallet
-from moeforge.errors import ChainError, ConfigError
+from moeforge.errors import ChainError, ChainUnavailable, ConfigError
 from tests.chain.conftest import NETUID
 
 # SubnetInfoRuntimeApi.get_metagraph as the SDK's transport decodes it: one column per field, by uid.
@@ -152,8 +152,62 @@ def test_an_sdk_preflight_refusal_becomes_a_chain_error(bittensor_chain, registe
 
 def test_an_unreachable_node_says_what_to_check(bittensor_chain, node):
     node.down = True
-    with pytest.raises(ChainError, match=r"reading the current block on bittensor network 'finney'.*cannot reach"):
+    with pytest.raises(ChainUnavailable, match=r"reading the current block on bittensor network 'finney'.*cannot"):
         bittensor_chain.block()
+    node.down = False
+    assert bittensor_chain.block() == node._head  # the next call connects again
+
+
+def test_a_dropped_connection_is_unavailable_and_the_next_call_works(bittensor_chain, registered, alice):
+    registered.unreachable_for = 1
+    with pytest.raises(ChainUnavailable, match=r"reading the metagraph on .*cannot reach the node \(\[Errno 111\]"):
+        bittensor_chain.metagraph()
+    assert bittensor_chain.metagraph().by_hotkey(alice.ss58_address).uid == 0
+
+
+def test_a_submit_whose_answer_was_lost_is_unavailable(bittensor_chain, registered, alice):
+    registered.lose_next_answer = True
+    with pytest.raises(ChainUnavailable, match=rf"setting a commitment from {alice.ss58_address} .*Connection reset"):
+        bittensor_chain.commit(alice, b"x")
+    assert len(registered.submitted) == 1  # it did land: RetryingChain checks for that before sending again
+
+
+def test_refusals_stay_permanent_chain_errors(bittensor_chain, registered, alice, carol):
+    registered.reject_next = ("CommitmentSetRateLimitExceeded", "Commitment set rate limit exceeded")
+    refusals = []
+    for call in (lambda: bittensor_chain.commit(alice, b"x"), lambda: bittensor_chain.commit(carol, b"x"),
+                 lambda: BittensorChain("finney", 99, substrate=registered).metagraph()):
+        with pytest.raises(ChainError) as caught:
+            call()
+        refusals.append(caught.value)
+    assert not any(isinstance(e, ChainUnavailable) for e in refusals), refusals
+
+
+def _caused(error: Exception, cause: BaseException) -> Exception:
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize("error, transient", [
+    (bt.RpcConnectionError("could not connect to any endpoint"), True),
+    (bt.ConnectionNotReady("Client connection is not open"), True),
+    (TimeoutError("the connection timed out"), True),
+    (ConnectionRefusedError(111, "Connection refused"), True),
+    (_caused(bt.ChainError("connection lost"), ConnectionResetError(104, "reset")), True),  # lost mid-submit
+    (bt.RpcPolicyError("slow down", status_code=429, retry_after="5"), True),
+    (bt.RpcPolicyError("blocked", status_code=403), False),
+    (bt.ChainError("Commitment set rate limit exceeded", "CommitmentSetRateLimitExceeded"), False),
+    (bt.BittensorError("bad argument"), False),
+])
+def test_which_sdk_errors_mean_the_node_cannot_be_reached(error, transient):
+    assert unreachable(error) is transient
+
+
+def test_websocket_drops_are_unreachable():
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.frames import Close
+
+    assert unreachable(ConnectionClosedError(Close(1006, "abnormal"), None))
 
 
 def test_a_missing_subnet_is_named(node):

@@ -1,14 +1,15 @@
-"""Tests for moeforge/chain/local.py: the block clock, stepping, admin rules, and many processes on one file."""
+"""Tests for moeforge/chain/local.py: the block clock, stepping, admin rules, errors, and many processes on one file."""
 
 import hashlib
 import multiprocessing
+import sqlite3
 import time
 
 import pytest
 
 from moeforge.chain.keys import keypair_from_seed
 from moeforge.chain.local import LocalChain
-from moeforge.errors import ChainError, ConfigError
+from moeforge.errors import ChainError, ChainUnavailable, ConfigError
 
 WORKERS, HOTKEYS, COMMITS = 4, 3, 5  # per process: 3 hotkeys, 5 commits each
 
@@ -77,6 +78,72 @@ def test_a_chain_path_that_cannot_be_a_file_is_a_config_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ConfigError, match="file"):
         LocalChain(tmp_path / "file" / "c.sqlite", block_seconds=0)
+
+
+def test_a_chain_folder_that_went_away_is_unavailable_and_comes_back(tmp_path):
+    folder = tmp_path / "mnt"
+    chain = LocalChain(folder / "c.sqlite", block_seconds=0)
+    chain.step(2)
+    folder.rename(tmp_path / "elsewhere")  # as when the volume holding it is unmounted
+    with pytest.raises(ChainUnavailable, match=rf"unable to open database file \(its folder {folder} is missing\)"):
+        chain.block()
+    with pytest.raises(ChainUnavailable):
+        chain.step()
+    assert not folder.exists()  # nothing re-created in its place
+    (tmp_path / "elsewhere").rename(folder)
+    assert chain.block() == 2
+
+
+def test_a_deleted_chain_file_is_unavailable_not_silently_replaced_by_an_empty_chain(tmp_path):
+    path = tmp_path / "c.sqlite"
+    chain = LocalChain(path, block_seconds=0)
+    chain.step(3)
+    path.rename(tmp_path / "moved")
+    with pytest.raises(ChainUnavailable, match=r"\(the file is missing\)\. Check that the file and its folder"):
+        chain.block()
+    assert not path.exists()
+    (tmp_path / "moved").rename(path)
+    assert chain.block() == 3
+
+
+def test_a_chain_path_that_became_a_folder_is_unavailable(local_chain):
+    local_chain.path.rename(local_chain.path.with_suffix(".away"))
+    local_chain.path.mkdir()
+    with pytest.raises(ChainUnavailable, match=r"\(the path is not a file\)"):
+        local_chain.metagraph()
+
+
+def test_a_write_lock_held_past_the_busy_timeout_is_unavailable(tmp_path, alice):
+    chain = LocalChain(tmp_path / "c.sqlite", block_seconds=0, busy_timeout_s=0.01)
+    chain.register(alice.ss58_address)
+    other = sqlite3.connect(tmp_path / "c.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    try:
+        with pytest.raises(ChainUnavailable, match="database is locked. Another process held the write lock for over"):
+            chain.commit(alice, b"x")
+        assert chain.block() == 0  # WAL: reads go on while a writer holds the lock
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert chain.commit(alice, b"x") == 1
+
+
+def test_a_disk_io_error_is_unavailable(local_chain, monkeypatch):
+    def broken_disk(*args, **kwargs):
+        error = sqlite3.OperationalError("disk I/O error")
+        error.sqlite_errorname = "SQLITE_IOERR_READ"
+        raise error
+
+    monkeypatch.setattr(sqlite3, "connect", broken_disk)
+    with pytest.raises(ChainUnavailable, match="disk I/O error"):
+        local_chain.block()
+
+
+def test_a_file_that_is_not_a_chain_is_a_permanent_error(local_chain):
+    local_chain.path.write_bytes(b"this is not an sqlite file" * 100)
+    with pytest.raises(ChainError, match="file is not a database") as caught:
+        local_chain.block()
+    assert not isinstance(caught.value, ChainUnavailable)  # retrying would not help
 
 
 def test_a_second_commit_in_the_same_block_replaces_the_first(local_chain, alice):

@@ -84,6 +84,15 @@ def test_admin_commands_refuse_a_bittensor_chain():
     assert_one_error_line(result, "runs a local chain", "btcli")
 
 
+def test_an_unreachable_chain_is_one_error_line_once_its_retries_run_out(env, tmp_path):
+    url, _ = env
+    path = tmp_path / "chain.sqlite"
+    path.rename(tmp_path / "parked")
+    path.mkdir()  # the chain file cannot be opened
+    result = invoke("block", "--chain", url + "?retry_s=0", code=1)
+    assert_one_error_line(result, "stayed unreachable", "(1 try)", "the path is not a file", "retry_s=")
+
+
 def test_an_unsupported_chain_url_is_one_error_line():
     assert_one_error_line(invoke("block", "--chain", "ftp://x", code=1), "unsupported form", "local:///")
 
