@@ -52,7 +52,7 @@ def _root(
 
 
 def _register() -> None:
-    from moeforge.cli import chain, data, demo, extract, model, profile, store, testbed, train
+    from moeforge.cli import chain, data, demo, extract, miner, model, network, owner, profile, store, testbed, train, validator
     from moeforge.cli import eval as eval_cli
 
     app.add_typer(testbed.app, name="testbed")
@@ -60,6 +60,10 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
     app.add_typer(store.app, name="store")
     app.add_typer(chain.app, name="chain")
+    app.add_typer(owner.app, name="owner")
+    app.add_typer(miner.app, name="miner")
+    app.add_typer(validator.app, name="validator")
+    app.add_typer(network.app, name="network")
     app.command("profile")(profile.profile)
     app.command("select")(profile.select)
     app.command("extract")(extract.extract)

@@ -12,10 +12,16 @@ The hashed bytes are unambiguous (every variable-length field is length-prefixed
             ‖ len(hotkey_utf8) as 2-byte big-endian ‖ hotkey_utf8
             ‖ round as 8-byte big-endian )
 
-The payloads (42 bytes each) are `version (1 byte) ‖ kind (1 byte) ‖ round (8 bytes, big-endian)
-‖ 32 bytes`: the commitment hash for kind 0x01, the delta digest for kind 0x02. The round rides
-along because a chain keeps each hotkey's latest commitment across rounds: a stale one is told
-apart from a wrong one. Decoding never raises: anything else decodes to `Malformed(reason)`.
+The payloads are `version (1 byte) ‖ kind (1 byte) ‖ round (8 bytes, big-endian) ‖ body`:
+
+    0x01 commit   body = the 32-byte commitment hash                        (42 bytes)
+    0x02 reveal   body = the delta's 32-byte store digest                   (42 bytes)
+    0x03 result   body = state content sha256 ‖ round report store digest  (74 bytes; a validator's round outcome)
+    0x04 job      body = the job spec's 32-byte store digest, round 0       (42 bytes; the owner's job)
+
+The round rides along because a chain keeps each hotkey's latest commitment across rounds: a
+stale one is told apart from a wrong one. Decoding never raises: anything else decodes to
+`Malformed(reason)`.
 """
 
 import hashlib
@@ -30,7 +36,12 @@ log = logging.getLogger(__name__)
 VERSION = 1
 KIND_COMMIT = 0x01
 KIND_REVEAL = 0x02
+KIND_RESULT = 0x03
+KIND_JOB = 0x04
 PAYLOAD_BYTES = 42  # version + kind + round + 32-byte hash; the chain allows 128
+RESULT_PAYLOAD_BYTES = 74  # version + kind + round + two 32-byte hashes
+_LENGTHS = {KIND_COMMIT: PAYLOAD_BYTES, KIND_REVEAL: PAYLOAD_BYTES, KIND_RESULT: RESULT_PAYLOAD_BYTES, KIND_JOB: PAYLOAD_BYTES}
+_NAMES = {KIND_COMMIT: "commit", KIND_REVEAL: "reveal", KIND_RESULT: "result", KIND_JOB: "job"}
 MAX_CHAIN_PAYLOAD = 128
 _TAG = b"moeforge/commit/v1"
 _MAX_ROUND = 2**64 - 1
@@ -46,6 +57,18 @@ class CommitPayload:
 class RevealPayload:
     round: int
     digest: str  # 64 lowercase hex: the delta's store address
+
+
+@dataclass(frozen=True)
+class ResultPayload:
+    round: int
+    state_sha256: str  # 64 lowercase hex: the content digest of the validator's resulting expert state
+    report: str  # 64 lowercase hex: the store address of its round report (which names the state's address)
+
+
+@dataclass(frozen=True)
+class JobPayload:
+    job: str  # 64 lowercase hex: the store address of the job spec
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,30 @@ def decode_reveal(payload: bytes | str) -> RevealPayload | Malformed:
     return fields if isinstance(fields, Malformed) else RevealPayload(round=fields[0], digest=fields[1].hex())
 
 
+def encode_result(state_sha256_hex: str, report_digest_hex: str, round: int) -> bytes:
+    """A validator's on-chain round outcome: the content digest of its state and its report's address."""
+    return _encode(KIND_RESULT, round, _digest_bytes(state_sha256_hex) + _digest_bytes(report_digest_hex))
+
+
+def encode_job(job_digest_hex: str) -> bytes:
+    """The owner's on-chain job payload: the job spec's store address."""
+    return _encode(KIND_JOB, 0, _digest_bytes(job_digest_hex))
+
+
+def decode_result(payload: bytes | str) -> ResultPayload | Malformed:
+    """A result payload → ResultPayload, or Malformed."""
+    fields = _decode(payload, KIND_RESULT)
+    if isinstance(fields, Malformed):
+        return fields
+    return ResultPayload(round=fields[0], state_sha256=fields[1][:32].hex(), report=fields[1][32:].hex())
+
+
+def decode_job(payload: bytes | str) -> JobPayload | Malformed:
+    """A job payload → JobPayload, or Malformed."""
+    fields = _decode(payload, KIND_JOB)
+    return fields if isinstance(fields, Malformed) else JobPayload(job=fields[1].hex())
+
+
 def _encode(kind: int, round: int, body: bytes) -> bytes:
     _check_round(round)
     return bytes([VERSION, kind]) + round.to_bytes(8, "big") + body
@@ -110,13 +157,12 @@ def _decode(payload: bytes | str, kind: int) -> tuple[int, bytes] | Malformed:
     if not isinstance(payload, bytes | bytearray | memoryview):
         return Malformed(f"payload is a {type(payload).__name__}, not bytes")
     payload = bytes(payload)
-    if len(payload) != PAYLOAD_BYTES:
-        return Malformed(f"payload is {len(payload)} bytes, expected {PAYLOAD_BYTES}")
+    if len(payload) != _LENGTHS[kind]:
+        return Malformed(f"payload is {len(payload)} bytes, expected {_LENGTHS[kind]}")
     if payload[0] != VERSION:
         return Malformed(f"payload version {payload[0]}, expected {VERSION}")
     if payload[1] != kind:
-        names = {KIND_COMMIT: "commit", KIND_REVEAL: "reveal"}
-        return Malformed(f"payload kind 0x{payload[1]:02x} ({names.get(payload[1], 'unknown')}), expected {names[kind]}")
+        return Malformed(f"payload kind 0x{payload[1]:02x} ({_NAMES.get(payload[1], 'unknown')}), expected {_NAMES[kind]}")
     return int.from_bytes(payload[2:10], "big"), payload[10:]
 
 

@@ -10,7 +10,9 @@ runner = CliRunner()
 
 def test_every_command_has_help():
     for args in ([], ["testbed"], ["testbed", "build"], ["model"], ["model", "inspect"], ["model", "size"],
-                 ["data"], ["data", "prepare"], ["eval"], ["profile"], ["select"], ["extract"], ["train"], ["demo"], ["chain"], ["chain", "metagraph"], ["store"], ["store", "verify"]):
+                 ["data"], ["data", "prepare"], ["eval"], ["profile"], ["select"], ["extract"], ["train"], ["demo"], ["chain"], ["chain", "metagraph"], ["store"], ["store", "verify"],
+                 ["owner"], ["owner", "publish"], ["owner", "run"], ["miner"], ["miner", "run"], ["validator"],
+                 ["validator", "run"], ["network"], ["network", "up"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output

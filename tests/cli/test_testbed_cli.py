@@ -1,6 +1,8 @@
+import pytest
 from typer.testing import CliRunner
 
 from moeforge.cli.main import app
+from moeforge.network.history import RESULT_FILE, JobRecord
 
 runner = CliRunner()
 
@@ -13,13 +15,18 @@ def test_build_reuses_the_cached_build_and_prints_domain_losses(small_testbed):
         assert domain in result.output and f"{loss:.3f}" in result.output
 
 
-def test_demo_reports_the_testbed_losses_and_runs_the_maths_job(small_testbed):
+@pytest.mark.slow
+@pytest.mark.integration
+def test_demo_reports_the_testbed_losses_and_runs_the_maths_job_through_a_local_network(small_testbed, tmp_path):
     report, out = small_testbed
-    result = runner.invoke(app, ["demo", "--preset", "small", "--out", str(out), "--train-tokens", "2048",
-                                 "--eval-tokens", "1024"])
+    result = runner.invoke(app, ["demo", "--preset", "small", "--out", str(out), "--miners", "2", "--validators", "1",
+                                 "--rounds", "1", "--eval-tokens", "1024", "--run", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert f"{report.domain_losses['math']:.3f}" in result.output
-    assert "ESFT on GSM8K" in result.output and "after ESFT" in result.output
+    record = JobRecord.model_validate_json((tmp_path / "run" / "job" / RESULT_FILE).read_text())
+    assert len(record.rounds) == 1 and record.heldout_loss_after < record.heldout_loss_before
+    assert f"{record.heldout_loss_before:.4f}" in result.output and f"{record.heldout_loss_after:.4f}" in result.output
+    assert "GSM8K test loss" in result.output and "after 1 network round " in result.output
 
 
 def test_unknown_preset_is_refused(tmp_path):

@@ -4,8 +4,8 @@ import pytest
 
 from moeforge.errors import PayloadError
 from moeforge.network.commitment import (
-    MAX_CHAIN_PAYLOAD, CommitPayload, Malformed, RevealPayload, commitment, decode_commitment, decode_reveal,
-    encode_commitment, encode_reveal, verify_commitment,
+    MAX_CHAIN_PAYLOAD, CommitPayload, JobPayload, Malformed, ResultPayload, RevealPayload, commitment, decode_commitment,
+    decode_job, decode_result, decode_reveal, encode_commitment, encode_job, encode_result, encode_reveal, verify_commitment,
 )
 
 DIGEST = hashlib.sha256(b"a delta").hexdigest()
@@ -66,3 +66,13 @@ def test_bad_inputs_to_the_encoder_raise_payload_errors_naming_them():
         commitment(DIGEST, ALICE, -1)
     with pytest.raises(PayloadError, match="32 bytes"):
         encode_commitment(b"short", 1)
+
+
+def test_result_and_job_payloads_round_trip_fit_the_chain_and_are_not_taken_for_each_other():
+    other = "cd" * 32
+    result, job = encode_result(DIGEST, other, 4), encode_job(DIGEST)
+    assert len(result) <= MAX_CHAIN_PAYLOAD and len(job) <= MAX_CHAIN_PAYLOAD
+    assert decode_result(result) == ResultPayload(round=4, state_sha256=DIGEST, report=other)
+    assert decode_job(job) == JobPayload(job=DIGEST)
+    for payload, decode in ((result, decode_commitment), (result, decode_job), (job, decode_result), (job, decode_reveal)):
+        assert isinstance(decode(payload), Malformed)

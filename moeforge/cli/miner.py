@@ -1,0 +1,55 @@
+"""`moeforge miner run`: train the owner's job round after round and submit each delta by commit-reveal."""
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from moeforge.cli.endpoints import (
+    DEFAULT_WALLET_PATH,
+    ChainOpt,
+    JobTimeoutOpt,
+    MetricsPortOpt,
+    OwnerOpt,
+    RunOpt,
+    StoreOpt,
+    WalletOpt,
+    WalletPathOpt,
+    default_run,
+    hotkey_of,
+    open_chain_url,
+    open_store_url,
+)
+from moeforge.cli.endpoints import MODES
+
+app = typer.Typer(no_args_is_help=True, help="Mine: train the job's experts on your shard and submit deltas.")
+console = Console()
+
+
+@app.command()
+def run(
+    wallet: WalletOpt,
+    owner: OwnerOpt,
+    mode: Annotated[str, typer.Option("--mode", help=f"Memory mode: {', '.join(MODES)}.")] = "full",
+    wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH,
+    run: RunOpt = None,
+    store: StoreOpt = None,
+    chain: ChainOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    job_timeout: JobTimeoutOpt = 600.0,
+) -> None:
+    """Wait for the owner's job, then take part in every remaining round."""
+    from moeforge.cli.progress import training_bar
+    from moeforge.errors import ConfigError
+    from moeforge.network.job import wait_for_job
+    from moeforge.network.miner import Miner, run_miner
+
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
+    keypair = hotkey_of(wallet, wallet_path)
+    chain_, store_ = open_chain_url(chain), open_store_url(store)
+    _, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout)
+    with training_bar(f"miner {keypair.ss58_address[:10]} ({mode})", console) as on_step:
+        miner = Miner(chain=chain_, store=store_, keypair=keypair, job=job, mode=mode,
+                      run_dir=run or default_run("miner", keypair.ss58_address), metrics_port=metrics_port, on_step=on_step)
+        run_miner(miner)

@@ -1,0 +1,133 @@
+"""`moeforge owner …`: publish a job to the network, or publish it and see it through to its record."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from moeforge.cli.endpoints import (
+    DEFAULT_WALLET_PATH,
+    ChainOpt,
+    DataOpt,
+    MetricsPortOpt,
+    PromptFieldOpt,
+    ResponseFieldOpt,
+    RunOpt,
+    SaltOpt,
+    StoreOpt,
+    TextFieldOpt,
+    WalletOpt,
+    WalletPathOpt,
+    default_run,
+    hotkey_of,
+    open_chain_url,
+    open_store_url,
+    read_job_data,
+    require_model,
+    require_salt,
+)
+from moeforge.cli.inputs import validated
+from moeforge.errors import ConfigError
+
+app = typer.Typer(no_args_is_help=True, help="Publish a job (base model, data, experts, schedule) and record how it went.")
+console = Console()
+
+ModelOpt = Annotated[Path, typer.Option("--model", help="Base model: a checkpoint folder with its tokenizer.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A JSON job request; flags given here override its fields.")]
+JobIdOpt = Annotated[str | None, typer.Option("--job-id", help="The job's name (letters, digits, . _ -).")]
+RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Rounds in the job [default: 3].")]
+InnerStepsOpt = Annotated[int | None, typer.Option("--inner-steps", help="H: optimizer steps a miner trains per round [default: 16].")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Miners' peak learning rate [default: 2e-3].")]
+BlockSecondsOpt = Annotated[float | None, typer.Option("--block-seconds", help="The chain's block time the schedule is sized for [default: 1].")]
+TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase [default: 35].")]
+ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase [default: 12].")]
+
+
+def job_request(config: Path | None, model: Path, domain: str, defaults: dict | None = None, **flags):
+    """The owner's JobRequest: `defaults`, then --config's fields, then every flag that was given; one ConfigError
+    naming all bad ones."""
+    from moeforge.network.owner import JobRequest
+
+    fields = {}
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"--config {config}: no such file. Pass a JSON job request (the fields of JobRequest).")
+        try:
+            fields = json.loads(config.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--config {config}: not JSON ({exc}).") from None
+        if not isinstance(fields, dict):
+            raise ConfigError(f"--config {config}: expected a JSON object of job request fields.")
+    fields = {**(defaults or {}), **fields}
+    lr = flags.pop("lr", None)
+    if lr is not None:
+        fields["train"] = {**fields.get("train", JobRequest.model_fields["train"].default.model_dump()), "lr": lr}
+    fields.update({name: value for name, value in flags.items() if value is not None})
+    fields.setdefault("job_id", f"{domain}-job".replace("/", "-")[:64])
+    fields.update(base_model=str(model), domain=domain)
+    return validated(JobRequest, **fields)
+
+
+def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
+           metrics_port, **flags):
+    from moeforge.network.owner import Owner
+
+    salt = require_salt(salt)
+    model = require_model(model)
+    records, domain = read_job_data(data, prompt_field, response_field, text_field)
+    request = job_request(config, model, domain, **flags)
+    keypair = hotkey_of(wallet, wallet_path)
+    return Owner(chain=open_chain_url(chain), store=open_store_url(store), keypair=keypair, request=request, records=records,
+                 salt=salt, run_dir=run or default_run("owner", keypair.ss58_address), metrics_port=metrics_port)
+
+
+@app.command()
+def publish(
+    wallet: WalletOpt, model: ModelOpt, data: DataOpt = "math", salt: SaltOpt = None,
+    prompt_field: PromptFieldOpt = None, response_field: ResponseFieldOpt = None, text_field: TextFieldOpt = None,
+    config: ConfigOpt = None, job_id: JobIdOpt = None, rounds: RoundsOpt = None, inner_steps: InnerStepsOpt = None,
+    lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
+    score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
+    store: StoreOpt = None, chain: ChainOpt = None,
+) -> None:
+    """Select the experts, upload the train rows and initial state, and publish the job; print its digest."""
+    owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
+                   None, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   train_blocks=train_blocks, score_blocks=score_blocks)
+    digest, job = owner.publish()
+    _print_job(digest, job)
+
+
+@app.command()
+def run(
+    wallet: WalletOpt, model: ModelOpt, data: DataOpt = "math", salt: SaltOpt = None,
+    prompt_field: PromptFieldOpt = None, response_field: ResponseFieldOpt = None, text_field: TextFieldOpt = None,
+    config: ConfigOpt = None, job_id: JobIdOpt = None, rounds: RoundsOpt = None, inner_steps: InnerStepsOpt = None,
+    lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
+    score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
+    store: StoreOpt = None, chain: ChainOpt = None, metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Publish the job, follow its rounds on chain, then write and print its record (final state, history, shares)."""
+    from moeforge.cli.job_view import print_record
+    from moeforge.cli.progress import job_bar
+    from moeforge.network.owner import run_owner
+
+    owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
+                   metrics_port, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   train_blocks=train_blocks, score_blocks=score_blocks)
+    with job_bar(f"job {owner.request.job_id}", console) as on_block:
+        record = run_owner(owner, on_block=on_block)
+    print_record(record, console)
+    console.print(f"record: {owner.run_dir / 'result.json'}", highlight=False, soft_wrap=True)
+
+
+def _print_job(digest: str, job) -> None:
+    s = job.schedule
+    console.print(f"job {job.job_id}: {digest}", highlight=False, soft_wrap=True)
+    console.print(f"owner {job.owner} · {len(job.slots)} experts · {job.train_rows:,} train rows in the store · "
+                  f"{job.heldout_rows:,} held-out rows kept back", highlight=False, soft_wrap=True)
+    console.print(f"{job.rounds} rounds of {s.round_blocks} blocks (train {s.train_blocks}, commit {s.commit_blocks}, "
+                  f"reveal {s.reveal_blocks}, score {s.score_blocks}) from block {s.start_block} to "
+                  f"{s.round_end(job.last_round)}", highlight=False, soft_wrap=True)

@@ -1,0 +1,58 @@
+"""`moeforge validator run`: judge every round of the owner's job on held-out data, merge, set weights."""
+
+import typer
+
+from moeforge.cli.endpoints import (
+    DEFAULT_WALLET_PATH,
+    ChainOpt,
+    DataOpt,
+    JobTimeoutOpt,
+    MetricsPortOpt,
+    OwnerOpt,
+    PromptFieldOpt,
+    ResponseFieldOpt,
+    RunOpt,
+    SaltOpt,
+    StoreOpt,
+    TextFieldOpt,
+    WalletOpt,
+    WalletPathOpt,
+    default_run,
+    hotkey_of,
+    open_chain_url,
+    open_store_url,
+    read_job_data,
+    require_salt,
+)
+
+app = typer.Typer(no_args_is_help=True, help="Validate: score every submission by Proof-of-Loss, merge the best, set weights.")
+
+
+@app.command()
+def run(
+    wallet: WalletOpt,
+    owner: OwnerOpt,
+    data: DataOpt = "math",
+    salt: SaltOpt = None,
+    prompt_field: PromptFieldOpt = None,
+    response_field: ResponseFieldOpt = None,
+    text_field: TextFieldOpt = None,
+    wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH,
+    run: RunOpt = None,
+    store: StoreOpt = None,
+    chain: ChainOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    job_timeout: JobTimeoutOpt = 600.0,
+) -> None:
+    """Wait for the owner's job, derive the held-out split from --data and the salt, and judge each round."""
+    from moeforge.network.job import wait_for_job
+    from moeforge.network.validator import Validator, run_validator
+
+    salt = require_salt(salt)
+    records, _ = read_job_data(data, prompt_field, response_field, text_field)
+    keypair = hotkey_of(wallet, wallet_path)
+    chain_, store_ = open_chain_url(chain), open_store_url(store)
+    digest, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout)
+    validator = Validator(chain=chain_, store=store_, keypair=keypair, job=job, job_digest=digest, records=records, salt=salt,
+                          run_dir=run or default_run("validator", keypair.ss58_address), metrics_port=metrics_port)
+    run_validator(validator)

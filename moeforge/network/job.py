@@ -1,0 +1,183 @@
+"""The job every role works from: `JobSpec`, published by the owner to the store and named on chain.
+
+DESIGN.md "The network", step 1. The owner puts the spec's JSON in the store and commits its
+digest as the owner hotkey's commitment (`commitment.encode_job`); miners and validators read
+that commitment, fetch the spec (the store re-hashes it, so it is exactly what the owner
+signed on chain) and derive everything else from it: the schedule, their shards, the
+initial expert state, the checks. The spec names only what miners may see: the train split's
+rows are in the store, the held-out split is not, and `heldout_check` is keyed with the secret
+salt, so it tells nothing to anyone without it.
+"""
+
+import json
+import logging
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from moeforge.chain.protocol import Chain
+from moeforge.errors import ArtifactNotFound, ChainError, ConfigError
+from moeforge.model.experts import ExpertSlot
+from moeforge.network.commitment import JobPayload, decode_job, encode_job
+from moeforge.network.schedule import RoundSchedule
+from moeforge.store.protocol import Store
+from moeforge.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # travels in every signed payload's header
+_HEX64 = r"^[0-9a-f]{64}$"
+MAX_JOB_BYTES = 1 << 20
+
+
+class SplitSpec(BaseModel):
+    """How the job's records were split (splits.split_records); the salt itself is never published."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    validation: float = Field(0.05, ge=0, lt=1)
+    heldout: float = Field(0.10, gt=0, lt=1)
+
+
+class JobSpec(BaseModel):
+    """Everything a miner or validator needs to take part in the job, and nothing they must not see."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: Literal[1] = 1
+    job_id: str = Field(pattern=JOB_ID)
+    owner: str  # the owner's hotkey (ss58); it signed the initial state
+    created_block: int = Field(ge=0)
+    # the base model
+    base_model: str  # checkpoint folder every role loads (the same files wherever a role runs)
+    base_fingerprint: str = Field(pattern=_HEX64)
+    model_type: str
+    seq_len: int = Field(ge=2)  # tokens per packed row, training and evaluation alike
+    # the data
+    domain: str  # what the data is: a vendored corpus name or the data file's name
+    data_fingerprint: str = Field(pattern=_HEX64)  # of every record before the split (data.fingerprint)
+    split: SplitSpec
+    heldout_check: str = Field(pattern=_HEX64)  # HMAC-SHA256(salt, fingerprint of the held-out records)
+    heldout_rows: int = Field(ge=1)
+    train_data: str = Field(pattern=_HEX64)  # store address of the train split's packed rows (jobdata.py)
+    train_rows: int = Field(ge=1)
+    # the experts
+    experts: dict[int, tuple[int, ...]]  # ESFT selection: layer → routed experts trained (the assigned slices)
+    subset_experts: dict[int, tuple[int, ...]]  # experts a `subset`-mode miner holds per layer (a coverage set)
+    initial_state: str = Field(pattern=_HEX64)  # store address of the round-0 expert state (packed, kind "state")
+    initial_state_sha256: str = Field(pattern=_HEX64)  # its content digest (transport's payload_sha256)
+    # the rounds
+    schedule: RoundSchedule
+    rounds: int = Field(ge=1)
+    block_seconds: float = Field(gt=0)  # the block time the schedule was sized for (timeouts, progress)
+    inner_steps: int = Field(ge=1)  # H: optimizer steps a miner trains per round
+    train: TrainConfig  # the miners' optimizer settings; steps come from inner_steps
+    # the validation
+    norm_bound: float = Field(gt=0)  # a delta's global L2 norm may be at most this × the current experts' norm
+    noise_floor: float = Field(ge=0)  # a Proof-of-Loss score counts only above this (nats)
+    top_k: int = Field(ge=1)  # deltas merged per round
+    merge_margin: float = Field(0.0, ge=0)  # a candidate state must beat the current one by more than this
+    score_rows: int = Field(ge=1)  # held-out rows each submission is scored on
+    merge_rows: int = Field(ge=1)  # further held-out rows the merge is judged on
+    eval_batch_rows: int = Field(ge=1)
+
+    @field_validator("train")
+    @classmethod
+    def _steps_from_inner_steps(cls, train: TrainConfig) -> TrainConfig:
+        if train.steps is not None or train.tokens is not None:
+            raise ValueError("set the miners' steps with inner_steps, not train.steps or train.tokens")
+        return train
+
+    @model_validator(mode="after")
+    def _fits(self) -> "JobSpec":
+        problems = []
+        if self.score_rows + self.merge_rows > self.heldout_rows:
+            problems.append(
+                f"score_rows + merge_rows = {self.score_rows + self.merge_rows} exceeds the {self.heldout_rows} held-out rows"
+            )
+        if self.shard_rows > self.train_rows:
+            problems.append(f"a miner's shard of {self.shard_rows} rows exceeds the {self.train_rows} train rows")
+        if not self.experts or any(not ids for ids in self.experts.values()):
+            problems.append("the job selects no experts in some layer")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def slots(self) -> list[ExpertSlot]:
+        """The assigned expert slices, sorted."""
+        return sorted(ExpertSlot(layer, expert) for layer, ids in self.experts.items() for expert in ids)
+
+    @property
+    def shard_rows(self) -> int:
+        """Rows in one miner's shard per round: each row is trained on once."""
+        return self.inner_steps * self.train.rows_per_step
+
+    @property
+    def last_round(self) -> int:
+        return self.rounds - 1
+
+    def miner_train_config(self) -> TrainConfig:
+        """The TrainConfig a miner runs each round: H steps, no checkpoints."""
+        return self.train.model_copy(update={"steps": self.inner_steps, "checkpoint_every": 0})
+
+    def wait_s(self, blocks: int) -> float:
+        """A generous timeout for waiting `blocks` blocks: three times their expected duration, plus a minute."""
+        return 60.0 + 3.0 * max(0, blocks) * self.block_seconds
+
+
+def publish_job(spec: JobSpec, *, store: Store, chain: Chain, keypair) -> tuple[str, int]:
+    """(the spec's store digest, the block its commitment landed in); `keypair` must be the owner's."""
+    if keypair.ss58_address != spec.owner:
+        raise ConfigError(f"job {spec.job_id}: the spec names owner {spec.owner}, but it is being published by {keypair.ss58_address}.")
+    digest = store.put(spec.model_dump_json().encode("utf-8"))
+    block = chain.commit(keypair, encode_job(digest))
+    log.info("published job %s as %s… in block %d", spec.job_id, digest[:12], block)
+    return digest, block
+
+
+def read_job(chain: Chain, store: Store, owner: str) -> tuple[str, JobSpec] | None:
+    """The owner's current job (digest, spec), or None while the owner has committed no job."""
+    committed = chain.commitment(owner)
+    if committed is None:
+        return None
+    payload = decode_job(committed.data)
+    if not isinstance(payload, JobPayload):
+        return None
+    return payload.job, load_job(store, payload.job, owner=owner)
+
+
+def load_job(store: Store, digest: str, *, owner: str | None = None) -> JobSpec:
+    """The JobSpec stored at `digest`; DataError-like ConfigError naming every bad field."""
+    if store.size(digest) > MAX_JOB_BYTES:
+        raise ConfigError(f"job {digest[:16]}… in {store.url} is {store.size(digest):,} bytes; a job spec is at most {MAX_JOB_BYTES:,}.")
+    raw = store.get(digest)
+    try:
+        spec = JobSpec.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(f"job {digest[:16]}… in {store.url} is not a valid job spec: {str(exc).splitlines()[0]}") from None
+    if owner is not None and spec.owner != owner:
+        raise ConfigError(f"job {digest[:16]}… names owner {spec.owner}, but it was committed by {owner}; refused.")
+    return spec
+
+
+def wait_for_job(chain: Chain, store: Store, owner: str, *, timeout_s: float, poll_s: float = 0.25) -> tuple[str, JobSpec]:
+    """Poll the owner's commitment until it names a job; ChainError after timeout_s."""
+    if chain.metagraph().by_hotkey(owner) is None:
+        raise ChainError(
+            f"owner hotkey {owner} is not registered on this chain, so it cannot publish a job. "
+            "Check --owner (the hotkey `moeforge owner publish` printed) and --chain."
+        )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = read_job(chain, store, owner)
+        except ArtifactNotFound:  # committed before the spec is visible in an eventually consistent store
+            found = None
+        if found is not None:
+            return found
+        if time.monotonic() >= deadline:
+            raise ChainError(
+                f"owner {owner} published no job within {timeout_s:.0f} s (chain at block {chain.block()}). "
+                "Start the owner (`moeforge owner run`), or check --owner, --chain and --store."
+            )
+        time.sleep(poll_s)

@@ -1,0 +1,261 @@
+"""A whole network on this machine: one chain, one store, wallets, and real `moeforge` role processes.
+
+What `moeforge network up` and `moeforge demo` run. `start_local_network` creates (or re-opens)
+the chain and the store (embedded under the run folder by default), writes a btcli wallet per
+role, registers every hotkey and stakes the validators, then starts one process per role
+(`python -m moeforge owner run | miner run | validator run`), each with its own run folder and
+log. `LocalNetwork.wait` follows the chain until the owner has written the job's record. The
+processes talk only through the chain and the store; the salt reaches the owner and the
+validators through their environment, never a command line.
+
+Run folder:
+
+    <run>/chain.sqlite, <run>/store/       the embedded chain and store (unless URLs are given)
+    <run>/wallets/<role>/                  btcli wallets: owner, miner-0…, validator-0…
+    <run>/request.json                     the owner's JobRequest
+    <run>/network.json                     who is who: role → hotkey, mode or stake, run folder
+    <run>/job/                             the owner: job.json, job.digest, result.json, events.jsonl, metrics.prom
+    <run>/miner-<i>/, <run>/validator-<j>/ each role: events.jsonl, metrics.prom (validators: state.json, rounds/)
+    <run>/<role>/process.log               the role process's own output
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from moeforge.errors import ConfigError, MoeforgeError
+from moeforge.extract.package import MinerMode
+from moeforge.network.history import RESULT_FILE, JobRecord
+from moeforge.network.job import JobSpec
+from moeforge.network.observe import read_events
+from moeforge.network.owner import JOB_FILE, JobRequest
+from moeforge.network.persist import read_model, write_atomic, write_model
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "process.log"
+STOP_GRACE_S = 10.0
+_PUBLISH_TIMEOUT_S = 900.0  # the owner profiles and selects before the job exists
+
+
+class RoleFailed(MoeforgeError):
+    """A role process of a local network exited with an error."""
+
+
+class NetworkPlan(BaseModel):
+    """What to start: the job, the roles, and where the chain and the store are."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    run_dir: Path
+    request: JobRequest
+    data: str  # --data for the owner and the validators: a corpus name or a file path
+    data_options: dict[str, str] = Field(default_factory=dict)  # prompt_field, response_field, text_field
+    miner_modes: tuple[MinerMode, ...] = Field(min_length=1)
+    validator_stakes: tuple[float, ...] = Field(min_length=1)
+    chain_url: str | None = None  # None: local:///<run>/chain.sqlite at the request's block_seconds
+    store_url: str | None = None  # None: a folder store at <run>/store
+    metrics_port: int | None = None  # first port; the roles take consecutive ones
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str  # owner, miner-0, validator-1 …
+    role: str  # owner | miner | validator
+    hotkey: str
+    run_dir: Path
+    mode: str | None = None  # miners
+    stake: float | None = None  # validators
+
+
+@dataclass
+class LocalNetwork:
+    """The started processes of a local network; stop them with `stop`."""
+
+    plan: NetworkPlan
+    chain: object
+    chain_url: str
+    store_url: str
+    members: list[Member]
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def owner(self) -> Member:
+        return self.members[0]
+
+    def names(self) -> dict[str, str]:
+        """hotkey → readable label, e.g. 'miner-1 (quantized)'."""
+        return {m.hotkey: m.name + (f" ({m.mode})" if m.mode else "") for m in self.members}
+
+    def job(self) -> JobSpec | None:
+        """The job the owner published, once it has."""
+        return read_model(self.owner.run_dir / JOB_FILE, JobSpec)
+
+    def wait(self, *, on_block: Callable[[JobSpec | None, int], None] | None = None, poll_s: float = 0.5,
+             timeout_s: float | None = None) -> JobRecord:
+        """Follow the chain until the owner has written the record; RoleFailed if any role exits with an error,
+        or if the job is not done within `timeout_s` (default: what its schedule implies, generously)."""
+        job, deadline = None, time.monotonic() + (timeout_s or _PUBLISH_TIMEOUT_S)
+        while self.procs["owner"].poll() != 0:
+            self._check_processes()
+            head = self.chain.block()
+            if job is None and (job := self.job()) is not None and timeout_s is None:  # the job's schedule sets the limit
+                deadline = time.monotonic() + job.wait_s(job.schedule.round_end(job.last_round) - head) + 300
+            if on_block is not None:
+                on_block(job, head)
+            if time.monotonic() > deadline:
+                raise RoleFailed(f"the local network in {self.plan.run_dir} did not finish in time (chain at block {head}); "
+                                 f"see each role's {LOG_FILE} there.")
+            time.sleep(poll_s)
+        record = read_model(self.owner.run_dir / RESULT_FILE, JobRecord)
+        if record is None:
+            raise RoleFailed(f"the owner exited without writing {self.owner.run_dir / RESULT_FILE}; see its {LOG_FILE}.")
+        self._let_roles_finish(timeout_s=30.0)
+        return record
+
+    def phase_timings(self) -> dict[int, dict[str, dict[str, float]]]:
+        """round → role name → seconds per step, from each role's events (miners: fetch, load, train;
+        validators: base_state, read_chain, fetch_check, score, merge, publish, weights)."""
+        out: dict[int, dict[str, dict[str, float]]] = {}
+        for m in self.members:
+            for event in read_events(m.run_dir):
+                if event["event"] in ("trained", "scored"):
+                    out.setdefault(event["round"], {})[m.name] = event["timings"]
+        return out
+
+    def stop(self) -> None:
+        """Terminate every role process still running (SIGTERM, then SIGKILL after a grace period)."""
+        running = {name: p for name, p in self.procs.items() if p.poll() is None}
+        for p in running.values():
+            p.terminate()
+        for name, p in running.items():
+            try:
+                p.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) did not stop in %.0f s; killing it", name, p.pid, STOP_GRACE_S)
+                p.kill()
+                p.wait()
+
+    def _check_processes(self) -> None:
+        for name, p in self.procs.items():
+            code = p.poll()
+            if code not in (None, 0):
+                member = next(m for m in self.members if m.name == name)
+                raise RoleFailed(f"{name} exited with status {code}: {_tail(member.run_dir / LOG_FILE)} "
+                                 f"(full log: {member.run_dir / LOG_FILE})")
+
+    def _let_roles_finish(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for name, p in self.procs.items():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s is still running after the job's record was written; stopping it", name)
+        self._check_processes()
+
+
+def start_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str, str] | None = None) -> LocalNetwork:
+    """Set up the chain, the store and the wallets, then start every role process (module docstring).
+
+    `credentials` (S3 access key, secret key) reach the roles through their environment.
+    """
+    from moeforge.chain.keys import create_wallet, load_wallet
+    from moeforge.chain.open import open_chain
+    from moeforge.store.open import open_store
+
+    run = plan.run_dir.resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    chain_url = plan.chain_url or f"local://{run / 'chain.sqlite'}?block_seconds={plan.request.block_seconds:g}"
+    store_url = plan.store_url or (run / "store").as_uri()
+    chain = open_chain(chain_url)
+    if not hasattr(chain, "register"):
+        raise ConfigError(f"--chain {chain_url}: `network up` registers and stakes its own hotkeys, which needs a local chain "
+                          "(local:///path/chain.sqlite). On Bittensor, start each role with `moeforge owner|miner|validator run`.")
+    open_store(store_url, credentials=credentials)  # fail early on a bad store URL
+
+    def wallet(name: str):
+        path = run / "wallets"
+        if (path / name / "hotkeys" / "default").exists():
+            return load_wallet(name, "default", path)
+        return create_wallet(name, "default", path)
+
+    members = [Member("owner", "owner", wallet("owner").hotkey.ss58_address, run / "job")]
+    members += [Member(f"miner-{i}", "miner", wallet(f"miner-{i}").hotkey.ss58_address, run / f"miner-{i}", mode=mode)
+                for i, mode in enumerate(plan.miner_modes)]
+    members += [Member(f"validator-{j}", "validator", wallet(f"validator-{j}").hotkey.ss58_address, run / f"validator-{j}",
+                       stake=stake) for j, stake in enumerate(plan.validator_stakes)]
+    for m in members:
+        chain.register(m.hotkey)
+        have = chain.metagraph().by_hotkey(m.hotkey).stake
+        if m.stake is not None and have < m.stake:
+            chain.add_stake(m.hotkey, m.stake - have)
+    write_model(run / "request.json", plan.request)
+    write_atomic(run / "network.json", json.dumps({"chain": chain_url, "store": store_url, "members": [
+        {"name": m.name, "role": m.role, "hotkey": m.hotkey, "run": str(m.run_dir), "mode": m.mode, "stake": m.stake}
+        for m in members]}, indent=2) + "\n")
+    net = LocalNetwork(plan, chain, chain_url, store_url, members)
+    child_env = {**os.environ, "MOEFORGE_DATA_SALT": salt, "PYTHONUNBUFFERED": "1"}
+    child_env.setdefault("OMP_NUM_THREADS", "1")  # several roles share the cores; OpenMP spin-waits otherwise
+    if credentials is not None:
+        child_env.update(MOEFORGE_S3_ACCESS_KEY=credentials[0], MOEFORGE_S3_SECRET_KEY=credentials[1])
+    try:
+        for k, m in enumerate(members):
+            net.procs[m.name] = _start(plan, m, _command(plan, m, net, k), child_env)
+    except BaseException:
+        net.stop()
+        raise
+    log.debug("local network in %s: %d miners, %d validators, chain %s, store %s", run, len(plan.miner_modes),
+             len(plan.validator_stakes), chain_url, store_url)
+    return net
+
+
+def run_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str, str] | None = None,
+                      on_block: Callable[[JobSpec | None, int], None] | None = None,
+                      timeout_s: float | None = None) -> tuple[JobRecord, LocalNetwork]:
+    """Start a local network, follow it to the job's record, and stop every process (also on Ctrl-C)."""
+    net = start_local_network(plan, salt, credentials=credentials)
+    try:
+        return net.wait(on_block=on_block, timeout_s=timeout_s), net
+    finally:
+        net.stop()
+
+
+def _command(plan: NetworkPlan, m: Member, net: LocalNetwork, k: int) -> list[str]:
+    wallet = ["--wallet", m.name, "--wallet-path", str(net.plan.run_dir.resolve() / "wallets")]
+    where = ["--run", str(m.run_dir), "--store", net.store_url, "--chain", net.chain_url]
+    if plan.metrics_port is not None:
+        where += ["--metrics-port", str(plan.metrics_port + k)]
+    data = ["--data", plan.data] + [arg for name, value in plan.data_options.items() for arg in (f"--{name.replace('_', '-')}", value)]
+    base = [plan.python, "-m", "moeforge"]
+    if m.role == "owner":
+        return [*base, "owner", "run", *wallet, *where, "--model", plan.request.base_model, *data,
+                "--config", str(plan.run_dir.resolve() / "request.json")]
+    if m.role == "miner":
+        return [*base, "miner", "run", *wallet, *where, "--owner", net.owner.hotkey, "--mode", m.mode]
+    return [*base, "validator", "run", *wallet, *where, "--owner", net.owner.hotkey, *data]
+
+
+def _start(plan: NetworkPlan, m: Member, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    m.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(m.run_dir / LOG_FILE, "ab") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    log.debug("started %s (pid %d): %s", m.name, proc.pid, " ".join(command))
+    return proc
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    """The last error-looking lines of a role's log, for the message that names the failure."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    errors = [line.strip() for line in text if "error" in line.lower()]
+    return " | ".join((errors or text)[-lines:])

@@ -1,0 +1,260 @@
+"""The owner: turns a job request into a published job, then records how the job went.
+
+DESIGN.md "The network", step 1, and "The library". Top to bottom (`run_owner`):
+
+1. `Owner.publish`: load the base model, split the job's records with the secret salt, profile
+   the train split and select the experts (the ESFT core), take the initial expert state, put the
+   train rows and the initial state in the store (never the held-out rows), size the round
+   schedule from the chain's head, and publish the `JobSpec` (store + owner commitment);
+2. wait for the last round to end;
+3. `Owner.finish`: read every round's validator results from the chain, keep the state the most
+   stake backed and the report of its best-staked backer, evaluate the held-out loss before and
+   after, and write the `JobRecord` to the store and to `<run>/result.json`.
+
+An owner restarted with the same run folder re-uses the job it already published.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from moeforge.chain.protocol import Chain
+from moeforge.data.fingerprint import fingerprint_records
+from moeforge.data.records import Record
+from moeforge.errors import ChainError, ConfigError
+from moeforge.eval.domain import rows_loss
+from moeforge.model.fingerprint import model_fingerprint
+from moeforge.model.slices import apply_slice, extract_slice
+from moeforge.network.history import RESULT_FILE, JobRecord, contribution_shares, round_entry
+from moeforge.network.job import JOB_ID, JobSpec, SplitSpec, load_job, publish_job, read_job
+from moeforge.network.jobdata import encode_train_rows, heldout_check, heldout_rows, load_base, pack_rows, split_job
+from moeforge.network.observe import Observer
+from moeforge.network.persist import write_atomic, write_model
+from moeforge.network.schedule import RoundSchedule
+from moeforge.network.state import backed_report, base_state, fetch_state, pack_state, round_results
+from moeforge.profile.selection import SelectConfig, coverage_selection, select_experts
+from moeforge.profile.stats import ProfileConfig, default_seq_len, profile_records
+from moeforge.store.protocol import Store
+from moeforge.train.config import TrainConfig
+from moeforge.versions import software_versions
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+DIGEST_FILE = "job.digest"
+
+
+class JobRequest(BaseModel):
+    """What the owner asks for; the defaults run the testbed's maths job on a local network."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: Literal[1] = 1
+    job_id: str = Field(pattern=JOB_ID)
+    base_model: str  # checkpoint folder
+    domain: str  # a vendored corpus name or the data file's name, for the record
+    validation: float = Field(0.05, ge=0, lt=1)
+    heldout: float = Field(0.10, gt=0, lt=1)
+    seq_len: int | None = Field(None, ge=2)  # None: the model's context, capped at 256
+    select: SelectConfig = SelectConfig()  # ESFT-Token, p = 0.2
+    subset_coverage: float = Field(0.9, gt=0, le=1)  # routing mass a subset-mode miner's experts hold
+    profile_tokens: int = Field(32_768, ge=1)
+    rounds: int = Field(3, ge=1)
+    block_seconds: float = Field(1.0, gt=0)  # the chain's block time the schedule is sized for
+    start_delay_blocks: int = Field(5, ge=1)  # blocks between publishing and round 0, for roles to start
+    train_blocks: int = Field(35, ge=1)  # 3 miners × 16 steps of the default testbed share 2 cores in ~25 s
+    commit_blocks: int = Field(3, ge=1)
+    reveal_blocks: int = Field(3, ge=1)
+    score_blocks: int = Field(12, ge=1)
+    inner_steps: int = Field(16, ge=1)  # H
+    train: TrainConfig = TrainConfig(lr=2e-3, batch_size=8, warmup_steps=2, weight_decay=0.0, checkpoint_every=0)
+    norm_bound: float = Field(1.0, gt=0)  # × the current experts' global L2 norm
+    noise_floor: float = Field(1e-4, ge=0)
+    top_k: int = Field(4, ge=1)
+    merge_margin: float = Field(0.0, ge=0)
+    score_rows: int = Field(32, ge=1)
+    merge_rows: int = Field(32, ge=1)
+    eval_batch_rows: int = Field(8, ge=1)
+    report_rows: int = Field(64, ge=1)  # held-out rows for the record's before/after loss (at most all of them)
+
+
+class Owner:
+    """The job's owner hotkey: publishes the job and writes its record."""
+
+    def __init__(
+        self,
+        *,
+        chain: Chain,
+        store: Store,
+        keypair,
+        request: JobRequest,
+        records: list[Record],
+        salt: str,
+        run_dir: Path | None = None,
+        metrics_port: int | None = None,
+    ):
+        self.chain, self.store, self.keypair, self.request = chain, store, keypair, request
+        self.records, self.salt = records, salt
+        self.hotkey = keypair.ss58_address
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.observer = Observer("owner", self.hotkey, run_dir, metrics_port=metrics_port)
+        self.job: JobSpec | None = None
+        self.job_digest: str | None = None
+
+    def publish(self) -> tuple[str, JobSpec]:
+        """Publish the job (or re-use the one this run folder already published); (digest, spec)."""
+        resumed = self._published_before()
+        if resumed is not None:
+            self.job_digest, self.job = resumed
+            self.observer.event("resumed", f"job {self.job.job_id} already published as {self.job_digest[:12]}…", digest=self.job_digest)
+            return resumed
+        timings: dict[str, float] = {}
+        req = self.request
+        with self.observer.phase("prepare", timings):
+            model, tokenizer = load_base(req.base_model)
+            fingerprint = model_fingerprint(model)
+            seq_len = req.seq_len or default_seq_len(model)
+            splits = split_job(self.records, self.salt, validation=req.validation, heldout=req.heldout)
+            train_rows, held_rows = pack_rows(splits.train, tokenizer, seq_len), pack_rows(splits.heldout, tokenizer, seq_len)
+        with self.observer.phase("select", timings):
+            profile = profile_records(model, tokenizer, splits.train, ProfileConfig(tokens=req.profile_tokens, seq_len=seq_len,
+                                      saliency=False), base_fingerprint=fingerprint)
+            selection, coverage = select_experts(profile, req.select), coverage_selection(profile, req.subset_coverage)
+        with self.observer.phase("upload", timings):
+            initial = extract_slice(model, selection.slots(), fingerprint)
+            state_bytes, state_sha256 = pack_state(initial, keypair=self.keypair, job_id=req.job_id, round=0)
+            state_digest = self.store.put(state_bytes)
+            train_digest = self.store.put(encode_train_rows(train_rows))
+        head = self.chain.block()
+        spec = _spec(
+            req, owner=self.hotkey, created_block=head, base_fingerprint=fingerprint, model_type=model.config.model_type,
+            seq_len=seq_len, data_fingerprint=fingerprint_records(self.records),
+            heldout_check=heldout_check(self.salt, splits.heldout), heldout_rows=int(held_rows.input_ids.shape[0]),
+            train_data=train_digest, train_rows=int(train_rows.input_ids.shape[0]),
+            experts=dict(selection.experts), subset_experts=dict(coverage.experts), initial_state=state_digest,
+            initial_state_sha256=state_sha256,
+            schedule=RoundSchedule(start_block=head + req.start_delay_blocks, train_blocks=req.train_blocks,
+                                   commit_blocks=req.commit_blocks, reveal_blocks=req.reveal_blocks, score_blocks=req.score_blocks),
+        )
+        digest, block = publish_job(spec, store=self.store, chain=self.chain, keypair=self.keypair)
+        self.job, self.job_digest = spec, digest
+        if self.run_dir is not None:
+            write_model(self.run_dir / JOB_FILE, spec)
+            write_atomic(self.run_dir / DIGEST_FILE, digest + "\n")
+        self.observer.event(
+            "published", f"job {spec.job_id}: {len(spec.slots)} experts of {profile.num_experts * len(profile.layers)} selected, "
+            f"{spec.train_rows} train rows in the store, {spec.heldout_rows} held-out rows kept back; round 0 starts at block "
+            f"{spec.schedule.start_block}, the last round ends at block {spec.schedule.round_end(spec.last_round)}",
+            job=spec.job_id, digest=digest, block=block, experts=len(spec.slots), train_rows=spec.train_rows,
+            heldout_rows=spec.heldout_rows, start_block=spec.schedule.start_block,
+            end_block=spec.schedule.round_end(spec.last_round), timings=timings,
+        )
+        return digest, spec
+
+    def finish(self) -> JobRecord:
+        """The job's record, once the chain is past the last round; also put in the store and written to the run folder."""
+        job = self._job()
+        timings: dict[str, float] = {}
+        with self.observer.phase("history", timings):
+            entries, base_sha256 = [], job.initial_state_sha256
+            for r in range(job.rounds):
+                results = round_results(self.chain, job, r)
+                published = {h: p.state_sha256 for h, p in results.results.items()}
+                won = backed_report(self.store, results)
+                if won is None:
+                    entries.append(round_entry(r, base_sha256, published, {}, None, None))
+                    continue
+                sha256, backers, report, report_digest = won
+                entries.append(round_entry(r, base_sha256, published, backers, report, report_digest))
+                base_sha256 = sha256
+            final = base_state(self.chain, self.store, job, job.rounds)
+        with self.observer.phase("evaluate", timings):
+            before, after, tokens = self._heldout_losses(job, final)
+        record = JobRecord(
+            job_id=job.job_id, job_digest=self.job_digest, owner=self.hotkey, domain=job.domain, base_model=job.base_model,
+            base_fingerprint=job.base_fingerprint, slots=[(s.layer, s.expert) for s in job.slots],
+            final_state_sha256=final.sha256, final_state_digest=final.digest, rounds=entries,
+            contributions=contribution_shares(entries), heldout_loss_before=before, heldout_loss_after=after,
+            heldout_tokens=tokens, finished_block=self.chain.block(), versions=software_versions(),
+        )
+        record_digest = self.store.put(record.model_dump_json().encode("utf-8"))
+        if self.run_dir is not None:
+            write_model(self.run_dir / RESULT_FILE, record)
+        self.observer.metric("moeforge_owner_heldout_loss").labels(when="before").set(before)
+        self.observer.metric("moeforge_owner_heldout_loss").labels(when="after").set(after)
+        self.observer.metric("moeforge_owner_rounds_recorded").set(len(entries))
+        self.observer.event(
+            "finished", f"job {job.job_id}: {record.accepted_rounds}/{job.rounds} rounds adopted an update, held-out loss "
+            f"{before:.4f} → {after:.4f}; record {record_digest[:12]}…",
+            record=record_digest, before=before, after=after, accepted_rounds=record.accepted_rounds, timings=timings,
+        )
+        self.observer.close()
+        return record
+
+    def _heldout_losses(self, job: JobSpec, final) -> tuple[float, float, int]:
+        """Held-out loss of the initial and final states on the first report_rows held-out rows."""
+        model, tokenizer = load_base(job.base_model, job.base_fingerprint)
+        rows = heldout_rows(job, self.records, self.salt, tokenizer)
+        n = min(self.request.report_rows, rows.input_ids.shape[0])
+        ids, labels = rows.input_ids[:n], rows.labels[:n]
+        before = rows_loss(model, ids, labels, batch_size=job.eval_batch_rows)
+        reference = extract_slice(model, job.slots, job.base_fingerprint)
+        apply_slice(model, fetch_state(self.store, final, job=job, reference=reference))
+        after = rows_loss(model, ids, labels, batch_size=job.eval_batch_rows)
+        return before.loss, after.loss, before.tokens
+
+    def _job(self) -> JobSpec:
+        if self.job is None:
+            raise ConfigError("the owner has not published its job yet; call publish() first.")
+        return self.job
+
+    def _published_before(self) -> tuple[str, JobSpec] | None:
+        """(digest, spec) if this run folder published a job that is still the owner's commitment."""
+        if self.run_dir is None or not (self.run_dir / DIGEST_FILE).is_file():
+            return None
+        digest = (self.run_dir / DIGEST_FILE).read_text().strip()
+        on_chain = read_job(self.chain, self.store, self.hotkey)
+        if on_chain is None or on_chain[0] != digest:
+            return None
+        return digest, load_job(self.store, digest, owner=self.hotkey)
+
+
+def run_owner(owner: Owner, *, poll_s: float = 0.25, on_block: Callable[[JobSpec, int], None] | None = None) -> JobRecord:
+    """Publish the job, wait for its last round to end, and write its record; `on_block(job, head)` on each poll."""
+    _, job = owner.publish()
+    end = job.schedule.round_end(job.last_round)
+    timeout_s = job.wait_s(end - owner.chain.block())
+    deadline = time.monotonic() + timeout_s
+    head = owner.chain.block()
+    while head < end:
+        if on_block is not None:
+            on_block(job, head)
+        if time.monotonic() > deadline:
+            raise ChainError(f"job {job.job_id}: the chain is at block {head} after {timeout_s:.0f} s of waiting, and the last "
+                             f"round ends at block {end}. Is the chain advancing at about {job.block_seconds:g} s per block?")
+        time.sleep(poll_s)
+        head = owner.chain.block()
+    if on_block is not None:
+        on_block(job, head)
+    return owner.finish()
+
+
+def _spec(req: JobRequest, **fields) -> JobSpec:
+    """The JobSpec for this request, or one ConfigError naming every option that does not fit the data."""
+    try:
+        return JobSpec(
+            job_id=req.job_id, base_model=str(Path(req.base_model).resolve()), domain=req.domain,
+            split=SplitSpec(validation=req.validation, heldout=req.heldout), rounds=req.rounds, block_seconds=req.block_seconds,
+            inner_steps=req.inner_steps, train=req.train, norm_bound=req.norm_bound, noise_floor=req.noise_floor,
+            top_k=req.top_k, merge_margin=req.merge_margin, score_rows=req.score_rows, merge_rows=req.merge_rows,
+            eval_batch_rows=req.eval_batch_rows, **fields,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(
+            f"job {req.job_id}: the request does not fit its data: {problems}. Lower --score-rows/--merge-rows or "
+            "--inner-steps/--batch-size, raise the held-out fraction, or give the job more data."
+        ) from None

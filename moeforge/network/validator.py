@@ -1,0 +1,225 @@
+"""The validator: after each round's reveal deadline, judge every submission, publish the result, set weights.
+
+DESIGN.md "The network", steps 5–7. One round, top to bottom (`Validator.score_round`):
+
+1. `_hold`: make the model hold the round's base state (the most validator stake behind it),
+   swapping the expert slices in place; the model is loaded once, never per submission;
+2. `judge_round` (validator_round.py): read commitments and reveals as of their deadlines,
+   seed with the seed block's hash, fetch and check each delta, score Proof-of-Loss on the
+   held-out sample, merge the top-k and keep the merge only if it beats the base on a second sample;
+3. `_publish`: the resulting state and a round report to the store, their digests on chain;
+4. `_rate`: scores → smoothed ratings → weights on chain;
+5. `_persist`: `state.json` in the run folder, written atomically, so a validator killed at any
+   point resumes from the last round it completed.
+"""
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from moeforge.chain.protocol import Chain, require_permit, wait_for_block
+from moeforge.data.records import Record
+from moeforge.errors import ConfigError
+from moeforge.model.slices import ExpertSlice, apply_slice, extract_slice
+from moeforge.network.commitment import encode_result
+from moeforge.network.history import RoundReport
+from moeforge.network.job import JobSpec
+from moeforge.network.jobdata import heldout_rows, load_base
+from moeforge.network.observe import Observer
+from moeforge.network.persist import read_model, write_atomic, write_model
+from moeforge.network.rating import RatingState, chain_weights, forget, round_scores, update_ratings
+from moeforge.network.state import StateRef, base_state, fetch_state, pack_state
+from moeforge.network.validator_round import RoundJudgement, judge_round
+from moeforge.store.protocol import Store
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+ROUNDS_DIR = "rounds"
+
+
+class ValidatorState(BaseModel):
+    """What a validator must remember across a restart (the chain and the store hold the rest)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: Literal[1] = 1
+    job_id: str
+    job_digest: str
+    hotkey: str
+    last_round: int | None = None  # the last round completed (published, missed or failed)
+    ratings: RatingState = Field(default_factory=RatingState)
+    accepted_digests: dict[str, str] = Field(default_factory=dict)  # digest → hotkey of deltas accepted in earlier rounds
+    reports: dict[int, str] = Field(default_factory=dict)  # round → store address of this validator's report
+    missed: dict[int, str] = Field(default_factory=dict)  # round → why it was not judged
+
+
+class Validator:
+    """One validator hotkey judging one job; `run_dir` holds its resumable state."""
+
+    def __init__(
+        self,
+        *,
+        chain: Chain,
+        store: Store,
+        keypair,
+        job: JobSpec,
+        job_digest: str,
+        records: list[Record],
+        salt: str,
+        run_dir: Path | None = None,
+        metrics_port: int | None = None,
+    ):
+        self.chain, self.store, self.keypair, self.job, self.job_digest = chain, store, keypair, job, job_digest
+        self.hotkey = keypair.ss58_address
+        require_permit(chain.metagraph(), self.hotkey)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.state = self._resume()
+        self.observer = Observer("validator", self.hotkey, run_dir, metrics_port=metrics_port)
+        self.model, tokenizer = load_base(job.base_model, job.base_fingerprint)
+        self.heldout = heldout_rows(job, records, salt, tokenizer)
+        self.current: ExpertSlice = extract_slice(self.model, job.slots, job.base_fingerprint)
+        self.current_ref: StateRef | None = None  # None until a state fetched from the store is held
+        if self.state.last_round is not None:
+            self.observer.event("resumed", f"resuming job {job.job_id} after round {self.state.last_round}",
+                                last_round=self.state.last_round)
+
+    @property
+    def next_round(self) -> int:
+        return 0 if self.state.last_round is None else self.state.last_round + 1
+
+    def score_round(self, r: int) -> RoundReport:
+        """Judge round r and publish the outcome; needs the chain at or past `seed_block(r)`."""
+        timings: dict[str, float] = {}
+        with self.observer.phase("base_state", timings):
+            ref = self._hold(r)
+        judgement = judge_round(
+            self.model, self.current, chain=self.chain, store=self.store, job=self.job, round=r, heldout=self.heldout,
+            earlier_digests=self.state.accepted_digests, self_hotkey=self.hotkey, observer=self.observer, timings=timings,
+        )
+        with self.observer.phase("publish", timings):
+            report, report_digest = self._publish(r, ref, judgement, timings)
+        with self.observer.phase("weights", timings):
+            self._rate(r, judgement)
+        self._persist(r, judgement, report, report_digest)
+        self._observe(r, judgement, report, timings)
+        return report
+
+    def skip(self, r: int, reason: str) -> None:
+        """Record that round r was not judged (and why), so a restart does not retry it."""
+        self.observer.event("missed", f"round {r}: not judged: {reason}", round=r, reason=reason)
+        self._save(self.state.model_copy(update={"last_round": r, "missed": {**self.state.missed, r: reason}}))
+
+    def _hold(self, r: int) -> StateRef:
+        """Make the model hold round r's base state, fetching it only when it changed."""
+        ref = base_state(self.chain, self.store, self.job, r)
+        if self.current_ref is None or ref.sha256 != self.current_ref.sha256:
+            piece = fetch_state(self.store, ref, job=self.job, reference=self.current)
+            apply_slice(self.model, piece)  # writes the slices in place; the model is never reloaded
+            self.current, self.current_ref = piece, ref
+        return ref
+
+    def _publish(self, r: int, ref: StateRef, judgement: RoundJudgement, timings: dict[str, float]) -> tuple[RoundReport, str]:
+        data, sha256 = pack_state(judgement.state, keypair=self.keypair, job_id=self.job.job_id, round=r)
+        state_digest = self.store.put(data)
+        decision = judgement.decision
+        report = RoundReport(
+            job_id=self.job.job_id, round=r, validator=self.hotkey, seed_block=self.job.schedule.seed_block(r),
+            seed=self.chain.block_hash(self.job.schedule.seed_block(r)), base_sha256=ref.sha256, state_sha256=sha256,
+            state_digest=state_digest, choice=decision.choice if decision else "none",
+            best_hotkey=decision.hotkey if decision else None, accepted=judgement.accepted,
+            contributions=decision.contributions if decision else {}, copies=judgement.copies, verdicts=judgement.entries,
+            errors=judgement.errors, score_rows=self.job.score_rows, merge_rows=self.job.merge_rows,
+            score_base_loss=judgement.score_base_loss, merge_base_loss=decision.current_loss if decision else None,
+            merged_loss=decision.merged_loss if decision else None, single_loss=decision.single_loss if decision else None,
+            timings=timings,
+        )
+        report_digest = self.store.put(report.model_dump_json().encode("utf-8"))
+        block = self.chain.commit(self.keypair, encode_result(sha256, report_digest, r))
+        if block > self.job.schedule.round_end(r):
+            log.warning("round %d: result landed in block %d, after the round's end %d; it will not count for the next base",
+                        r, block, self.job.schedule.round_end(r))
+        return report, report_digest
+
+    def _rate(self, r: int, judgement: RoundJudgement) -> None:
+        graph = self.chain.metagraph()
+        scores = round_scores(judgement.verdicts, judgement.copies)
+        ratings = forget(update_ratings(self.state.ratings, r, scores), set(graph.hotkeys))
+        self.state = self.state.model_copy(update={"ratings": ratings})
+        weights = chain_weights(ratings, {n.hotkey: n.uid for n in graph.neurons})
+        if weights:
+            self.chain.set_weights(self.keypair, weights)
+            for uid, weight in weights.items():
+                self.observer.metric("moeforge_validator_weight").labels(uid=str(uid)).set(weight)
+
+    def _persist(self, r: int, judgement: RoundJudgement, report: RoundReport, report_digest: str) -> None:
+        accepted = {judgement.digests[h]: h for h, v in judgement.verdicts.items() if v.accepted and h in judgement.digests}
+        if self.run_dir is not None:
+            write_atomic(self.run_dir / ROUNDS_DIR / f"{r}.json", report.model_dump_json(indent=2) + "\n")
+        self._save(self.state.model_copy(update={
+            "last_round": r,
+            "accepted_digests": {**self.state.accepted_digests, **accepted},
+            "reports": {**self.state.reports, r: report_digest},
+        }))
+
+    def _observe(self, r: int, judgement: RoundJudgement, report: RoundReport, timings: dict[str, float]) -> None:
+        obs = self.observer
+        obs.metric("moeforge_round").set(r)
+        for verdict in judgement.verdicts.values():
+            obs.metric("moeforge_validator_verdicts_total").labels(verdict=str(verdict.reject or "accepted")).inc()
+        for hotkey, score in round_scores(judgement.verdicts, judgement.copies).items():
+            obs.metric("moeforge_validator_score").labels(miner=hotkey).set(score)
+        obs.metric("moeforge_validator_merges_total").labels(choice=report.choice).inc()
+        if report.merge_base_loss is not None:
+            obs.metric("moeforge_validator_heldout_loss").labels(state="current").set(report.merge_base_loss)
+            obs.metric("moeforge_validator_heldout_loss").labels(state="adopted").set(report.adopted_loss)
+        rejected = {e.hotkey: e.reject for e in report.verdicts if e.reject}
+        obs.event(
+            "scored", f"round {r}: {len(judgement.accepted)}/{len(judgement.verdicts)} accepted, {report.choice}"
+            + (f", held-out {report.merge_base_loss:.4f} → {report.adopted_loss:.4f}" if report.merge_base_loss is not None else "")
+            + (f", rejected {rejected}" if rejected else ""),
+            round=r, choice=report.choice, accepted=judgement.accepted, rejected=rejected, state=report.state_sha256,
+            merge_base_loss=report.merge_base_loss, adopted_loss=report.adopted_loss, timings=timings,
+        )
+        obs.flush_metrics()
+
+    def _resume(self) -> ValidatorState:
+        fresh = ValidatorState(job_id=self.job.job_id, job_digest=self.job_digest, hotkey=self.hotkey)
+        if self.run_dir is None:
+            return fresh
+        saved = read_model(self.run_dir / STATE_FILE, ValidatorState)
+        if saved is None:
+            return fresh
+        if saved.job_digest != self.job_digest or saved.hotkey != self.hotkey:
+            raise ConfigError(
+                f"{self.run_dir / STATE_FILE} belongs to job {saved.job_id} ({saved.job_digest[:12]}…) and hotkey "
+                f"{saved.hotkey}, not job {self.job.job_id} ({self.job_digest[:12]}…) and {self.hotkey}. "
+                "Give this validator its own --run folder."
+            )
+        return saved
+
+    def _save(self, state: ValidatorState) -> None:
+        self.state = state
+        if self.run_dir is not None:
+            write_model(self.run_dir / STATE_FILE, state)
+
+
+def run_validator(validator: Validator, *, poll_s: float = 0.25) -> None:
+    """Judge every remaining round of the job, then return; a round already over is recorded as missed."""
+    job, chain, schedule = validator.job, validator.chain, validator.job.schedule
+    validator.observer.event("started", f"validating job {job.job_id} from round {validator.next_round} of {job.rounds}",
+                             job=job.job_id, first_round=validator.next_round)
+    for r in range(validator.next_round, job.rounds):
+        if chain.block() > schedule.round_end(r):
+            validator.skip(r, f"the chain is at block {chain.block()}, past the round's end {schedule.round_end(r)}")
+            continue
+        seed = schedule.seed_block(r)
+        wait_for_block(chain, seed, timeout_s=job.wait_s(seed - chain.block()), poll_s=poll_s)
+        try:
+            validator.score_round(r)
+        except Exception as exc:  # noqa: BLE001 (a failed round is recorded; the validator goes on to the next)
+            validator.observer.failure("round", r, exc)
+            validator.skip(r, f"failed: {type(exc).__name__}: {exc}")
+    validator.observer.event("finished", f"job {job.job_id}: done", job=job.job_id)
+    validator.observer.close()

@@ -1,0 +1,209 @@
+"""One round as a validator judges it: read the chain, fetch and check every submission, score, merge.
+
+DESIGN.md "The network", steps 5–6, in the order they run:
+
+1. `read_submissions`: each hotkey's commitment as of the commit deadline and reveal as of the
+   reveal deadline (`at_block`, so nothing posted later counts) → `Revealed`, or a Verdict.
+2. `eval_batches`: the held-out rows drawn with the seed block's hash: a scoring sample and a
+   disjoint merge sample, the same for every validator with the same held-out split.
+3. `fetch_submission`: size-limited download, strict signed unpack (`transport.unpack`), then
+   `check_delta` (exactly the assigned slices, shapes, dtypes, finite, norm bound, non-zero).
+4. `find_copies` (the earlier commitment wins), then `score_deltas` on the scoring sample: the
+   model holds the current state and each delta is swapped in and out in place.
+5. `merge` the top-k, then `choose_state` on the merge sample.
+
+Nothing here writes to the chain or the store; `validator.py` publishes what `judge_round` returns.
+A submission whose handling raises an unexpected error is logged with its traceback and recorded
+in `errors`, never silently dropped and never blamed on the miner as a rejection.
+"""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from moeforge.chain.protocol import Chain
+from moeforge.data.packing import Packed
+from moeforge.errors import ArtifactNotFound, PayloadError, StoreError
+from moeforge.model.slices import ExpertSlice
+from moeforge.network.checks import (
+    Reject,
+    Revealed,
+    Submission,
+    Verdict,
+    check_delta,
+    check_reveal,
+    delta_slice,
+    expected_layout,
+    find_copies,
+    relative_norm_bound,
+)
+from moeforge.network.commitment import CommitPayload, RevealPayload, decode_commitment, decode_reveal
+from moeforge.network.history import VerdictEntry
+from moeforge.network.job import JobSpec
+from moeforge.network.merge import MergeDecision, choose_state, merge
+from moeforge.network.observe import Observer
+from moeforge.network.scoring import Batch, score_deltas
+from moeforge.network.shards import eval_samples, rows_to_batches
+from moeforge.network.state import state_limits
+from moeforge.network.transport import unpack
+from moeforge.store.protocol import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class RoundJudgement:
+    """Everything a validator decided in one round, before it publishes anything."""
+
+    state: ExpertSlice  # the resulting expert state (the current one when nothing is adopted)
+    decision: MergeDecision | None  # None when nothing was scored above the noise floor
+    verdicts: dict[str, Verdict]  # hotkey → verdict, for every submission judged
+    entries: list[VerdictEntry]  # the same, with digests and commit blocks, in commit order
+    copies: dict[str, str]  # copier → original
+    accepted: list[str]  # the merge cohort, best first
+    digests: dict[str, str]  # hotkey → revealed digest, for submissions that were fetched
+    errors: dict[str, str] = field(default_factory=dict)  # hotkey → unexpected error while judging it
+    score_base_loss: float | None = None
+
+
+def judge_round(
+    model,
+    current: ExpertSlice,
+    *,
+    chain: Chain,
+    store: Store,
+    job: JobSpec,
+    round: int,
+    heldout: Packed,
+    earlier_digests: Mapping[str, str],
+    self_hotkey: str,
+    observer: Observer,
+    timings: dict[str, float],
+) -> RoundJudgement:
+    """Judge round `round`; `model` must hold `current` and holds it again, bit for bit, on return."""
+    score_batches, merge_batches = eval_batches(chain, job, round, heldout)
+    with observer.phase("read_chain", timings):
+        found = read_submissions(chain, job, round, exclude={self_hotkey})
+    verdicts: dict[str, Verdict] = {h: v for h, v in found.items() if isinstance(v, Verdict)}
+    revealed = sorted((v for v in found.values() if isinstance(v, Revealed)), key=lambda s: (s.commit_block, s.commitment))
+    with observer.phase("fetch_check", timings):
+        submissions, refused, errors = fetch_all(store, revealed, job=job, round=round, current=current, observer=observer)
+    verdicts.update(refused)
+    copies = find_copies(submissions, earlier_digests=earlier_digests)
+    verdicts.update({c: Verdict(c, Reject.COPY, f"a copy of {o}'s submission (the earlier commitment wins)") for c, o in copies.items()})
+    deltas = {s.hotkey: delta_slice(s.tensors, current) for s in submissions if s.hotkey not in copies}  # in commit order
+    with observer.phase("score", timings):
+        scored = score_deltas(model, current, deltas, score_batches, noise_floor=job.noise_floor,
+                              batch_size=job.eval_batch_rows) if deltas else {}
+    verdicts.update(scored)
+    with observer.phase("merge", timings):
+        state, decision, accepted = merge_round(model, current, deltas, scored, merge_batches, job)
+    blocks = {rev.hotkey: rev.commit_block for rev in revealed}
+    digests = {rev.hotkey: rev.digest for rev in revealed}
+    entries = [VerdictEntry.of(verdicts[h], digests.get(h), blocks.get(h)) for h in sorted(verdicts, key=lambda h: (blocks.get(h, 1 << 62), h))]
+    base_losses = [v.base_loss for v in scored.values() if v.base_loss is not None]
+    return RoundJudgement(
+        state=state, decision=decision, verdicts=verdicts, entries=entries, copies=copies, accepted=accepted,
+        digests=digests, errors=errors, score_base_loss=base_losses[0] if base_losses else None,
+    )
+
+
+def fetch_all(store: Store, revealed: list[Revealed], *, job: JobSpec, round: int, current: ExpertSlice,
+              observer: Observer) -> tuple[list[Submission], dict[str, Verdict], dict[str, str]]:
+    """(submissions that passed every check, in commit order; verdicts refusing the others; unexpected errors)."""
+    layout, bound = expected_layout(current), relative_norm_bound(current, job.norm_bound)
+    max_bytes = state_limits(current).max_total_bytes
+    submissions, refused, errors = [], {}, {}
+    for rev in revealed:
+        try:
+            got = fetch_submission(store, rev, job=job, round=round, layout=layout, norm_bound=bound, max_bytes=max_bytes)
+        except Exception as exc:  # noqa: BLE001 (one submission's unexpected failure must not end the round)
+            observer.failure("fetch_check", round, exc)
+            errors[rev.hotkey] = f"{type(exc).__name__}: {exc}"
+            continue
+        if isinstance(got, Verdict):
+            refused[rev.hotkey] = got
+        else:
+            submissions.append(got)
+    return submissions, refused, errors
+
+
+def merge_round(model, current: ExpertSlice, deltas: Mapping[str, ExpertSlice], scored: Mapping[str, Verdict],
+                merge_batches: list[Batch], job: JobSpec) -> tuple[ExpertSlice, MergeDecision | None, list[str]]:
+    """(next state, the merge decision, the merge cohort best first); the current state when nothing scored."""
+    ranked = [(h, scored[h].score, delta) for h, delta in deltas.items() if scored[h].accepted]  # commit order breaks ties
+    if not ranked:
+        return current, None, []
+    candidate = merge(current, ranked, top_k=job.top_k)
+    state, decision = choose_state(model, current, candidate, merge_batches, margin=job.merge_margin, batch_size=job.eval_batch_rows)
+    return state, decision, sorted(candidate.coefficients, key=lambda h: -scored[h].score)
+
+
+def eval_batches(chain: Chain, job: JobSpec, round: int, heldout: Packed) -> tuple[list[Batch], list[Batch]]:
+    """(scoring batches, merge batches) drawn with the seed block's hash; disjoint held-out rows."""
+    seed = chain.block_hash(job.schedule.seed_block(round))
+    score_rows, merge_rows = eval_samples(heldout.input_ids.shape[0], seed, job.score_rows, job.merge_rows)
+    return (
+        rows_to_batches(heldout.input_ids, heldout.labels, score_rows, job.eval_batch_rows),
+        rows_to_batches(heldout.input_ids, heldout.labels, merge_rows, job.eval_batch_rows),
+    )
+
+
+def read_submissions(chain: Chain, job: JobSpec, round: int, *, exclude: set[str] = frozenset()) -> dict[str, Revealed | Verdict]:
+    """Every hotkey that committed or revealed for `round`, checked (`check_reveal`) against the deadlines.
+
+    The commitment counts as of the commit deadline and the reveal as of the reveal deadline; a
+    commitment that landed after its deadline is still read, so that it is refused as LATE rather
+    than ignored. Hotkeys whose payloads are for other rounds (or are not submissions) are not listed.
+    """
+    schedule = job.schedule
+    committed = chain.commitments(at_block=schedule.commit_deadline(round))
+    latest = chain.commitments(at_block=schedule.reveal_deadline(round))
+    out = {}
+    for hotkey in sorted((set(committed) | set(latest)) - set(exclude)):
+        commit = _for_round(committed.get(hotkey), decode_commitment, CommitPayload, round)
+        commit = commit or _for_round(latest.get(hotkey), decode_commitment, CommitPayload, round)
+        reveal = _for_round(latest.get(hotkey), decode_reveal, RevealPayload, round)
+        if commit is not None or reveal is not None:
+            out[hotkey] = check_reveal(hotkey, round, schedule, commit=commit, reveal=reveal)
+    return out
+
+
+def fetch_submission(
+    store: Store, rev: Revealed, *, job: JobSpec, round: int, layout, norm_bound: float, max_bytes: int
+) -> Submission | Verdict:
+    """The revealed delta, downloaded and checked; a Verdict naming the problem if it fails any check."""
+    hotkey = rev.hotkey
+    try:
+        size = store.size(rev.digest)
+        if size > max_bytes:
+            return Verdict(hotkey, Reject.TOO_LARGE, f"revealed object is {size:,} bytes; the assigned delta is at most {max_bytes:,}")
+        data = store.get(rev.digest)
+    except ArtifactNotFound:
+        return Verdict(hotkey, Reject.NO_REVEAL, f"revealed digest {rev.digest[:16]}… is not in the store")
+    except StoreError as exc:
+        return Verdict(hotkey, Reject.MALFORMED, f"revealed object {rev.digest[:16]}… is unreadable: {exc}")
+    try:
+        _, tensors = unpack(data, expect_hotkey=hotkey, expect_job=job.job_id, expect_round=round, expect_kind="delta")
+    except PayloadError as exc:
+        return Verdict(hotkey, _payload_reject(str(exc)), str(exc))
+    refused = check_delta(tensors, layout, norm_bound=norm_bound, hotkey=hotkey)
+    if refused is not None:
+        return refused
+    return Submission(hotkey=hotkey, commit_block=rev.commit_block, commitment=rev.commitment, digest=rev.digest, tensors=tensors)
+
+
+def _payload_reject(message: str) -> Reject:
+    if "signature does not verify" in message or "signed by hotkey" in message:
+        return Reject.BAD_SIGNATURE
+    if "over the limit" in message:
+        return Reject.TOO_LARGE
+    return Reject.MALFORMED
+
+
+def _for_round(commitment, decode, kind: type, round: int) -> tuple[bytes, int] | None:
+    """(data, block) of a commitment that decodes as `kind` for `round`, else None."""
+    if commitment is None:
+        return None
+    payload = decode(commitment.data)
+    return (commitment.data, commitment.block) if isinstance(payload, kind) and payload.round == round else None

@@ -1,0 +1,75 @@
+import pytest
+
+from moeforge.chain.keys import keypair_from_uri
+from moeforge.chain.local import LocalChain
+from moeforge.errors import ChainError, ConfigError
+from moeforge.network.commitment import encode_reveal
+from moeforge.network.job import load_job, publish_job, read_job, wait_for_job
+from moeforge.store.local import LocalStore
+from moeforge.train.config import TrainConfig
+from tests.network.conftest import make_job
+
+OWNER = keypair_from_uri("//moeforge/owner")
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    chain = LocalChain(tmp_path / "chain.sqlite", block_seconds=0)
+    chain.register(OWNER.ss58_address)
+    return chain, LocalStore(tmp_path / "store")
+
+
+def test_a_job_spec_refuses_samples_larger_than_the_held_out_split_and_shards_larger_than_the_train_split():
+    with pytest.raises(ValueError, match="score_rows \\+ merge_rows = 48 exceeds the 40 held-out rows"):
+        make_job(score_rows=24, merge_rows=24)
+    with pytest.raises(ValueError, match="shard of 400 rows exceeds the 100 train rows"):
+        make_job(inner_steps=100)
+
+
+def test_a_job_spec_takes_the_miners_steps_from_inner_steps_only():
+    with pytest.raises(ValueError, match="inner_steps"):
+        make_job(train=TrainConfig(steps=5))
+    job = make_job(inner_steps=3)
+    assert job.miner_train_config().steps == 3 and job.shard_rows == 3 * job.train.rows_per_step
+    assert [(s.layer, s.expert) for s in job.slots] == [(1, 0), (1, 3), (2, 5)]
+
+
+def test_a_published_job_is_read_back_by_its_owner_hotkey(ledger):
+    chain, store = ledger
+    assert read_job(chain, store, OWNER.ss58_address) is None
+    job = make_job(owner=OWNER.ss58_address)
+    digest, block = publish_job(job, store=store, chain=chain, keypair=OWNER)
+    chain.step(block)
+    assert read_job(chain, store, OWNER.ss58_address) == (digest, job)
+    assert wait_for_job(chain, store, OWNER.ss58_address, timeout_s=1) == (digest, job)
+
+
+def test_another_commitment_from_the_owner_is_not_a_job(ledger):
+    chain, store = ledger
+    chain.commit(OWNER, encode_reveal("cd" * 32, 0))
+    assert read_job(chain, store, OWNER.ss58_address) is None
+
+
+def test_a_job_is_published_only_by_the_owner_it_names(ledger):
+    chain, store = ledger
+    with pytest.raises(ConfigError, match="published by"):
+        publish_job(make_job(), store=store, chain=chain, keypair=OWNER)
+    digest = store.put(make_job().model_dump_json().encode())
+    with pytest.raises(ConfigError, match="committed by"):
+        load_job(store, digest, owner=OWNER.ss58_address)
+
+
+def test_a_stored_object_that_is_not_a_job_is_refused_naming_it(ledger):
+    _, store = ledger
+    digest = store.put(b'{"job_id": "x"}')
+    with pytest.raises(ConfigError, match=f"job {digest[:16]}.*not a valid job spec"):
+        load_job(store, digest)
+
+
+def test_waiting_for_the_job_of_an_unregistered_or_silent_owner_fails_with_what_to_check(ledger):
+    chain, store = ledger
+    stranger = keypair_from_uri("//moeforge/stranger").ss58_address
+    with pytest.raises(ChainError, match=f"owner hotkey {stranger} is not registered"):
+        wait_for_job(chain, store, stranger, timeout_s=1)
+    with pytest.raises(ChainError, match="published no job within 0 s"):
+        wait_for_job(chain, store, OWNER.ss58_address, timeout_s=0.05, poll_s=0.01)

@@ -1,0 +1,60 @@
+import pytest
+
+from moeforge.chain.keys import keypair_from_uri
+from moeforge.chain.local import LocalChain
+from moeforge.errors import ChainError, ConfigError
+from moeforge.network.commitment import decode_commitment, decode_reveal, verify_commitment
+from moeforge.network.miner import Miner, Prepared, first_round
+from moeforge.network.observe import read_events
+from moeforge.network.state import StateRef
+from moeforge.store.local import LocalStore
+from moeforge.store.protocol import sha256_hex
+from tests.network.conftest import make_job
+
+JOB = make_job()  # rounds of 10 blocks from block 10: train 10-13, commit 14-15, reveal 16-17, score 18-19
+MINER = keypair_from_uri("//moeforge/miner/0")
+
+
+@pytest.mark.parametrize(("block", "expected"), [(0, 0), (10, 0), (14, 0), (15, 1), (19, 1), (20, 1), (26, 2)])
+def test_a_miner_starts_with_the_first_round_whose_commit_deadline_it_can_still_meet(block, expected):
+    assert first_round(JOB, block) == expected
+
+
+@pytest.fixture
+def miner(tmp_path):
+    chain = LocalChain(tmp_path / "chain.sqlite", block_seconds=0)
+    chain.register(MINER.ss58_address)
+    return Miner(chain=chain, store=LocalStore(tmp_path / "store"), keypair=MINER, job=JOB, run_dir=tmp_path / "miner")
+
+
+def _prepared(r: int = 0) -> Prepared:
+    data = b"a signed delta"
+    return Prepared(r, data, sha256_hex(data), StateRef("a" * 64, "b" * 64, -1), result=None, delta_norm=1.0)
+
+
+def test_a_miner_commits_before_the_deadline_and_reveals_after_it(miner):
+    miner.chain.step(12)
+    assert miner.commit(_prepared())
+    with pytest.raises(ChainError, match="before the commit deadline"):
+        miner.reveal(_prepared())
+    miner.chain.step(15 - miner.chain.block())
+    block = miner.reveal(_prepared())
+    assert block == 16 and miner.store.get(_prepared().digest) == b"a signed delta"
+    committed = decode_commitment(miner.chain.commitment(MINER.ss58_address, at_block=15).data)
+    assert verify_commitment(committed.commitment, _prepared().digest, MINER.ss58_address, 0)
+    assert decode_reveal(miner.chain.commitment(MINER.ss58_address).data).digest == _prepared().digest
+
+
+def test_a_miner_that_trained_past_the_deadline_does_not_commit_and_says_so(miner):
+    miner.chain.step(15)  # a commitment would land in block 16, after the deadline
+    assert not miner.commit(_prepared())
+    assert miner.chain.commitment(MINER.ss58_address) is None
+    assert [e["event"] for e in read_events(miner.observer.run_dir)] == ["missed_deadline"]
+
+
+def test_a_miner_refuses_an_unknown_mode_and_an_unregistered_hotkey(tmp_path):
+    chain = LocalChain(tmp_path / "chain.sqlite", block_seconds=0)
+    with pytest.raises(ConfigError, match="--mode 'turbo'"):
+        Miner(chain=chain, store=LocalStore(tmp_path / "s"), keypair=MINER, job=JOB, mode="turbo")
+    with pytest.raises(ChainError, match="not registered"):
+        Miner(chain=chain, store=LocalStore(tmp_path / "s"), keypair=MINER, job=JOB)

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from moeforge.chain.keys import keypair_from_uri
+from moeforge.chain.local import LocalChain
+from moeforge.errors import ConfigError
+from moeforge.model.load import load_model
+from moeforge.model.slices import extract_slice
+from moeforge.network.job import read_job
+from moeforge.network.jobdata import decode_train_rows
+from moeforge.network.owner import Owner
+from moeforge.network.state import StateRef, fetch_state
+from moeforge.store.local import LocalStore
+from tests.network.conftest import SALT
+
+OWNER = keypair_from_uri("//moeforge/owner")
+
+
+@pytest.fixture
+def parts(tmp_path):
+    chain = LocalChain(tmp_path / "chain.sqlite", block_seconds=0)
+    chain.register(OWNER.ss58_address)
+    return chain, LocalStore(tmp_path / "store"), tmp_path / "job"
+
+
+def _owner(parts, request, records):
+    chain, store, run = parts
+    return Owner(chain=chain, store=store, keypair=OWNER, request=request, records=records, salt=SALT, run_dir=run)
+
+
+def test_publishing_puts_the_train_rows_and_the_base_experts_in_the_store_and_names_the_job_on_chain(parts, job_request, job_records):
+    chain, store, _ = parts
+    digest, job = _owner(parts, job_request, job_records).publish()
+    assert read_job(chain, store, OWNER.ss58_address) == (digest, job)
+    assert job.schedule.start_block == job.created_block + job_request.start_delay_blocks
+    rows = decode_train_rows(store.get(job.train_data), seq_len=job.seq_len, rows=job.train_rows)
+    assert rows.input_ids.shape == (job.train_rows, job.seq_len) and job.heldout_rows >= job.score_rows + job.merge_rows
+    base = extract_slice(load_model(job.base_model), job.slots, job.base_fingerprint)
+    initial = fetch_state(store, StateRef(job.initial_state_sha256, job.initial_state, -1), job=job, reference=base)
+    assert all(torch.equal(initial.state_dict()[k], t) for k, t in base.state_dict().items())
+    assert set(job.experts) == set(job.subset_experts)  # a subset-mode miner holds experts in every trained layer
+
+
+def test_an_owner_restarted_on_its_run_folder_reuses_the_job_it_published(parts, job_request, job_records):
+    chain, _, _ = parts
+    digest, _ = _owner(parts, job_request, job_records).publish()
+    landed = chain.commitment(OWNER.ss58_address).block
+    chain.step(3)
+    assert _owner(parts, job_request, job_records).publish()[0] == digest
+    assert chain.commitment(OWNER.ss58_address).block == landed
+
+
+def test_a_request_whose_samples_do_not_fit_the_held_out_split_is_refused_naming_the_options(parts, job_request, job_records):
+    request = job_request.model_copy(update={"score_rows": 5000})
+    with pytest.raises(ConfigError, match="exceeds the .* held-out rows.*--score-rows"):
+        _owner(parts, request, job_records).publish()
+    assert parts[0].commitment(OWNER.ss58_address) is None
