@@ -27,6 +27,7 @@ app.add_typer(wallet_app, name="wallet")
 console = Console()
 
 _SHOWN_BYTES = 24  # of a commitment, in the metagraph table
+_MAX_STEP = 10**9  # blocks one `chain step` may advance; sqlite integers stop at 2**63
 
 ChainOpt = Annotated[
     str | None, typer.Option("--chain", help="Chain URL (default: $MOEFORGE_CHAIN, or the local chain under $MOEFORGE_HOME).")
@@ -57,6 +58,13 @@ def wallet_create(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing hotkey (and coldkey).")] = False,
 ) -> None:
     """Write wallet NAME with a hotkey as btcli does (unencrypted coldkey: for local and test use)."""
+    from moeforge.cli.inputs import output_dir
+
+    for label, value in (("NAME", name), ("--hotkey", hotkey)):
+        if not value or value in (".", "..") or "/" in value or "\\" in value:
+            raise ConfigError(f"{label} {value!r}: a wallet or hotkey name is one non-empty file name, without '/' "
+                              "(commands take a wallet as NAME/HOTKEY).")
+    output_dir(Path(path).expanduser(), "--path")
     wallet = create_wallet(name, hotkey, path, overwrite=overwrite)
     _say(f"wallet {name}/{hotkey} in {escape(str(Path(path).expanduser() / name))}")
     _say(f"coldkey {wallet.coldkeypub.ss58_address}")
@@ -93,7 +101,7 @@ def stake(
 
 @app.command()
 def step(
-    blocks: Annotated[int, typer.Argument(min=1, help="Blocks to advance.")] = 1,
+    blocks: Annotated[int, typer.Argument(min=1, max=_MAX_STEP, help="Blocks to advance.")] = 1,
     chain: ChainOpt = None,
 ) -> None:
     """Advance the local chain by BLOCKS and print the new head."""
@@ -144,7 +152,7 @@ def commit(
 
 @app.command()
 def commitments(
-    at_block: Annotated[int | None, typer.Option(help="Read as of this block (default: the newest).")] = None,
+    at_block: Annotated[int | None, typer.Option(min=0, help="Read as of this block (default: the newest).")] = None,
     chain: ChainOpt = None,
 ) -> None:
     """List each hotkey's latest commitment."""

@@ -30,7 +30,7 @@ def demo(
     miners: int = typer.Option(3, "--miners", min=1, help="Miner processes (memory modes full, quantized, subset in turn)."),
     validators: int = typer.Option(2, "--validators", min=1, help="Validator processes (stake 100, 50, …)."),
     rounds: int = typer.Option(3, "--rounds", min=1, help="Rounds of the maths job."),
-    eval_tokens: int = typer.Option(32_768, "--eval-tokens", help="Tokens scored per GSM8K test loss and WikiText-2 perplexity."),
+    eval_tokens: int = typer.Option(32_768, "--eval-tokens", min=2, help="Tokens scored per GSM8K test loss and WikiText-2 perplexity."),
     run: Path | None = typer.Option(None, "--run", help="Network run folder (default: $MOEFORGE_HOME/network/<time>)."),
 ) -> None:
     """Build or reuse the testbed, run a GSM8K maths job through a local network, and report before/after."""

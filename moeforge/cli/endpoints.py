@@ -26,7 +26,17 @@ StoreOpt = Annotated[
     typer.Option("--store", help="Store URL: file:///folder or s3://bucket/prefix?endpoint=… (default: $MOEFORGE_STORE, "
                  "or the folder store under $MOEFORGE_HOME)."),
 ]
-RunOpt = Annotated[Path | None, typer.Option("--run", help="The role's run folder: events, metrics, resumable state.")]
+
+
+def _run_folder(run: Path | None) -> Path | None:
+    """--run must be a folder, or a path where one can be made."""
+    from moeforge.cli.inputs import output_dir
+
+    return run if run is None else output_dir(run, "--run")
+
+
+RunOpt = Annotated[Path | None, typer.Option("--run", callback=_run_folder,
+                                             help="The role's run folder: events, metrics, resumable state.")]
 MetricsPortOpt = Annotated[
     int | None, typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
 ]

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moeforge.cli.inputs import job_records, load_checkpoint, validated
+from moeforge.cli.inputs import job_records, load_checkpoint, output_file, validated
 from moeforge.data.corpora import DOMAINS
 from moeforge.data.records import Record
 
@@ -56,6 +56,8 @@ def eval_cmd(
         EvalConfig, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size, gsm8k_limit=gsm8k_limit,
         max_new_tokens=max_new_tokens,
     )
+    if out is not None:
+        output_file(out, "--out")
     records = job_records(data, "test", prompt_field=prompt_field, response_field=response_field, text_field=text_field)
     report = _evaluate(model, records, config, data)
     if out is not None:

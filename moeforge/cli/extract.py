@@ -7,7 +7,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from moeforge.cli.inputs import load_checkpoint
+from moeforge.cli.inputs import load_checkpoint, output_dir, selected_on
+from moeforge.errors import ConfigError
 
 console = Console()
 
@@ -23,16 +24,18 @@ def extract(
 ) -> None:
     """Write the selected experts as a slice (safetensors + manifest) and the bytes each miner mode holds."""
     from moeforge.extract.package import MODES, held_bytes, reduce_for_mode, slice_bytes
-    from moeforge.model.fingerprint import model_fingerprint
     from moeforge.model.load import load_model
     from moeforge.model.slices import extract_slice, save_slice
     from moeforge.profile.profile_file import load_profile
     from moeforge.profile.selection import coverage_selection, load_expert_config
 
+    if not 0 < coverage <= 1:
+        raise ConfigError(f"--coverage {coverage}: expected a share of the routing mass in (0, 1], e.g. 0.9.")
+    output_dir(out, "--out")
     selection = load_expert_config(experts)
     base, _ = load_checkpoint(model)
     selection.check_against(base)
-    fingerprint = model_fingerprint(base)
+    fingerprint = selected_on(selection, experts, base, model)
     kept = None
     if profile is not None:
         covered = coverage_selection(load_profile(profile, expect_fingerprint=fingerprint), share=coverage)

@@ -4,6 +4,8 @@ Each turns a user's mistake into one ConfigError/DataError/ArtifactNotFound that
 file or folder, so every command reports bad input alike.
 """
 
+import math
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -11,22 +13,57 @@ from pydantic import BaseModel, ValidationError
 
 from moeforge.data.corpora import DOMAINS
 from moeforge.errors import ArtifactNotFound, ConfigError
+from moeforge.json_file import shown, validation_problems
 
 
 def validated(model_class: type[BaseModel], **fields):
-    """`model_class(**fields)`, or one ConfigError naming every bad flag (`seq_len` → `--seq-len`)."""
+    """`model_class(**fields)`, or one ConfigError naming every bad flag (`seq_len` → `--seq-len`) and its value."""
+    infinite = [f"{flag(name)} {value}" for name, value in fields.items() if isinstance(value, float) and not math.isfinite(value)]
+    if infinite:
+        raise ConfigError(f"bad option: {', '.join(infinite)}: expected a finite number.")
     try:
         return model_class(**fields)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["loc"]:
-                name = str(error["loc"][0])
-                problems.append(f"--{name.replace('_', '-')} {fields.get(name)!r}: {message}")
-            else:
-                problems.append(message)
-        raise ConfigError(f"bad option: {'; '.join(problems)}.") from None
+        def rename(loc: tuple, given: object) -> str:
+            if not loc:
+                return ""
+            name = str(loc[0])
+            return f"{flag(name)} {shown(fields[name] if name in fields else given)}"
+
+        problems = validation_problems(exc, rename)
+        for name in fields:  # a check across fields names them in its message: say which flags they are
+            problems = re.sub(rf"(?<![-\w]){re.escape(name)}\b", flag(name), problems)
+        raise ConfigError(f"bad option: {problems}.") from None
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a config field: `seq_len` → `--seq-len`."""
+    return "--" + name.replace("_", "-")
+
+
+def output_dir(path: Path, name: str) -> Path:
+    """PATH, to be created as a folder; ConfigError naming NAME (the flag) if a file is in the way."""
+    _no_file_above(path, name)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name} {path}: is a file; expected a folder to write into. Pass a folder path, or move the file.")
+    return path
+
+
+def output_file(path: Path, name: str) -> Path:
+    """PATH, to be written as a file; ConfigError naming NAME (the flag) if a folder is in its place or a file above it."""
+    _no_file_above(path, name)
+    if path.is_dir():
+        raise ConfigError(f"{name} {path}: is a folder; expected a file name to write. Pass a path such as {path / 'out.json'}.")
+    return path
+
+
+def _no_file_above(path: Path, name: str) -> None:
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{name} {path}: {parent} is a file, so nothing can be written beneath it. "
+                                  "Pass a path inside a folder.")
+            return
 
 
 def job_records(
@@ -61,6 +98,19 @@ def job_records(
     if text_field is None and prompt_field is None:
         given["text_field"] = "text"
     return read_records(path, validated(DataSpec, **given)).records
+
+
+def selected_on(selection, experts: Path, base, model: Path) -> str:
+    """BASE's fingerprint; ConfigError if the expert config EXPERTS was selected on another base model."""
+    from moeforge.model.fingerprint import model_fingerprint
+
+    fingerprint = model_fingerprint(base)
+    if selection.base_fingerprint and selection.base_fingerprint != fingerprint:
+        raise ConfigError(
+            f"{experts}: selected on base model {selection.base_fingerprint[:16]}…, but {model} is {fingerprint[:16]}…. "
+            "Profile and select on the model you use."
+        )
+    return fingerprint
 
 
 def load_checkpoint(source: str | Path):

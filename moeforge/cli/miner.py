@@ -39,6 +39,7 @@ def run(
     job_timeout: JobTimeoutOpt = 600.0,
 ) -> None:
     """Wait for the owner's job, then take part in every remaining round."""
+    from moeforge.cli import settings
     from moeforge.cli.progress import training_bar
     from moeforge.errors import ConfigError
     from moeforge.network.job import wait_for_job
@@ -46,10 +47,12 @@ def run(
 
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
+    fault = settings.fault()
     keypair = hotkey_of(wallet, wallet_path)
     chain_, store_ = open_chain_url(chain), open_store_url(store)
     _, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout)
     with training_bar(f"miner {keypair.ss58_address[:10]} ({mode})", console) as on_step:
         miner = Miner(chain=chain_, store=store_, keypair=keypair, job=job, mode=mode,
-                      run_dir=run or default_run("miner", keypair.ss58_address), metrics_port=metrics_port, on_step=on_step)
+                      run_dir=run or default_run("miner", keypair.ss58_address), metrics_port=metrics_port, on_step=on_step,
+                      fault=fault)
         run_miner(miner)

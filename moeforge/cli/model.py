@@ -1,6 +1,5 @@
 """`moeforge model …`: look inside an MoE checkpoint, or size one from its config alone."""
 
-import json
 from pathlib import Path
 
 import typer
@@ -52,18 +51,31 @@ def size(
 
 
 def _config(spec: str):
-    from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING, AutoConfig
 
+    from moeforge.model.families import FAMILIES
     from moeforge.model.load import load_config
+
     if spec in SHIPPED_CONFIGS:
         return shipped_config(spec)
     path = Path(spec)
     if path.is_file():
+        from huggingface_hub.errors import StrictDataclassError
+
+        from moeforge.json_file import read_json_object
+
+        fields = read_json_object(path, what="model config", fix="Pass a config.json as save_pretrained writes it.")
+        model_type = fields.pop("model_type", None)
+        if not isinstance(model_type, str):
+            raise ConfigError(f"{path}: no \"model_type\" string in this config.json; expected e.g. \"model_type\": "
+                              f"\"{next(iter(FAMILIES))}\". Supported families: {', '.join(FAMILIES)}.")
+        if model_type not in CONFIG_MAPPING:
+            raise ConfigError(f"{path}: model_type {model_type!r} is not a model type transformers knows. "
+                              f"Supported families: {', '.join(FAMILIES)}.")
         try:
-            fields = json.loads(path.read_text())
-            return AutoConfig.for_model(fields.pop("model_type"), **fields)
-        except (json.JSONDecodeError, KeyError, ValueError) as exc:
-            raise ConfigError(f"{path}: not a model config.json ({exc}).") from exc
+            return AutoConfig.for_model(model_type, **fields)
+        except (StrictDataclassError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: not a valid {model_type} config ({' '.join(str(exc).split())}).") from exc
     if path.is_dir():
         return load_config(path)
     raise ConfigError(f"{spec!r} is neither a shipped config ({', '.join(SHIPPED_CONFIGS)}) nor a file or directory.")

@@ -65,6 +65,7 @@ def start_and_follow(*, miners: int, validators: int, modes: str | None, model: 
     """Build the plan from the options, run the network to its record; → (record, LocalNetwork). Shared with `demo`."""
     from moeforge.cli import settings
     from moeforge.cli.endpoints import read_job_data, require_model
+    from moeforge.cli.inputs import output_dir
     from moeforge.cli.owner import job_request
     from moeforge.cli.progress import job_bar
     from moeforge.network.local import NetworkPlan, run_local_network
@@ -76,7 +77,7 @@ def start_and_follow(*, miners: int, validators: int, modes: str | None, model: 
 
         _, model = build_or_reuse(preset_name, None, force=False)
     model = require_model(model)
-    run = (run or settings.home() / "network" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    run = output_dir(run or settings.home() / "network" / time.strftime("%Y%m%d-%H%M%S"), "--run").resolve()
     request = job_request(config, model, domain, defaults, **flags)
     plan = NetworkPlan(
         run_dir=run, request=request, data=str(Path(data).resolve()) if Path(data).exists() else data,

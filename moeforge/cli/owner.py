@@ -1,6 +1,6 @@
 """`moeforge owner …`: publish a job to the network, or publish it and see it through to its record."""
 
-import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +28,7 @@ from moeforge.cli.endpoints import (
     require_model,
     require_salt,
 )
-from moeforge.cli.inputs import validated
+from moeforge.cli.inputs import flag
 from moeforge.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="Publish a job (base model, data, experts, schedule) and record how it went.")
@@ -47,40 +47,55 @@ ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Bloc
 
 def job_request(config: Path | None, model: Path, domain: str, defaults: dict | None = None, **flags):
     """The owner's JobRequest: `defaults`, then --config's fields, then every flag that was given; one ConfigError
-    naming all bad ones."""
+    naming all bad ones, each as the flag or the config file's key it came from."""
+    from pydantic import ValidationError
+
+    from moeforge.json_file import read_json_object, shown, validation_problems
     from moeforge.network.owner import JobRequest
 
-    fields = {}
-    if config is not None:
-        if not config.is_file():
-            raise ConfigError(f"--config {config}: no such file. Pass a JSON job request (the fields of JobRequest).")
-        try:
-            fields = json.loads(config.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--config {config}: not JSON ({exc}).") from None
-        if not isinstance(fields, dict):
-            raise ConfigError(f"--config {config}: expected a JSON object of job request fields.")
-    fields = {**(defaults or {}), **fields}
+    from_file = {} if config is None else read_json_object(
+        config, what="job request", name="--config",
+        fix="Pass a JSON object of JobRequest fields, e.g. {\"rounds\": 3, \"train\": {\"lr\": 0.002}}.")
+    fields = {**(defaults or {}), **from_file}
     lr = flags.pop("lr", None)
     if lr is not None:
         fields["train"] = {**fields.get("train", JobRequest.model_fields["train"].default.model_dump()), "lr": lr}
-    fields.update({name: value for name, value in flags.items() if value is not None})
+    given = {name: value for name, value in flags.items() if value is not None}
+    infinite = [f"{flag(name)} {value}" for name, value in {**given, "lr": lr}.items()
+                if isinstance(value, float) and not math.isfinite(value)]
+    if infinite:
+        raise ConfigError(f"bad option: {', '.join(infinite)}: expected a finite number.")
+    fields.update(given)
     fields.setdefault("job_id", f"{domain}-job".replace("/", "-")[:64])
     fields.update(base_model=str(model), domain=domain)
-    return validated(JobRequest, **fields)
+    try:
+        return JobRequest(**fields)
+    except ValidationError as exc:
+        def rename(loc: tuple, value: object) -> str | None:
+            if loc == ("train", "lr") and lr is not None:
+                return f"--lr {shown(lr)}"
+            if loc and loc[0] in given:
+                return f"{flag(str(loc[0]))} {shown(given[loc[0]])}"
+            return None  # a key of --config (or of the defaults)
+
+        source = f" (flags, and the keys of --config {config})" if config is not None else ""
+        raise ConfigError(f"bad job request{source}: {validation_problems(exc, rename)}.") from None
 
 
 def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
            metrics_port, **flags):
+    from moeforge.cli import settings
     from moeforge.network.owner import Owner
 
+    fault = settings.fault()
     salt = require_salt(salt)
     model = require_model(model)
     records, domain = read_job_data(data, prompt_field, response_field, text_field)
     request = job_request(config, model, domain, **flags)
     keypair = hotkey_of(wallet, wallet_path)
     return Owner(chain=open_chain_url(chain), store=open_store_url(store), keypair=keypair, request=request, records=records,
-                 salt=salt, run_dir=run or default_run("owner", keypair.ss58_address), metrics_port=metrics_port)
+                 salt=salt, run_dir=run or default_run("owner", keypair.ss58_address), metrics_port=metrics_port,
+                 fault=fault)
 
 
 @app.command()

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from moeforge.cli.inputs import job_records, load_checkpoint, validated
+from moeforge.cli.inputs import job_records, load_checkpoint, output_dir, output_file, validated
 from moeforge.data.corpora import DOMAINS
 from moeforge.errors import ConfigError
 
@@ -56,8 +56,7 @@ def profile(
     from moeforge.profile.stats import ProfileConfig, profile_records
 
     config = validated(ProfileConfig, tokens=tokens, seq_len=seq_len, batch_size=batch_size, saliency=not no_saliency)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file; expected a folder for {PROFILE_FILE} and {HEATMAP_FILE}.")
+    output_dir(out, "--out")
     records = job_records(str(data), "train", flag="DATA", prompt_field=prompt_field, response_field=response_field, text_field=text_field)
     base, tokenizer = load_checkpoint(model)
     with _profiling_bar() as on_batch:
@@ -86,9 +85,12 @@ def select(
     from moeforge.profile.selection import SelectConfig, save_expert_config, select_experts
 
     config = validated(SelectConfig, score=score, p=p, min_per_layer=min_per_layer, max_per_layer=max_per_layer)
+    target = out / EXPERT_CONFIG_FILE if out.is_dir() else output_file(out, "--out")
     routing = load_profile(profile_path)
+    if config.min_per_layer > routing.num_experts:
+        raise ConfigError(f"--min-per-layer {config.min_per_layer}: {profile_path} has only {routing.num_experts} "
+                          "routed experts per layer. Pass a smaller --min-per-layer.")
     selected = select_experts(routing, config)
-    target = out / EXPERT_CONFIG_FILE if out.is_dir() else out
     save_expert_config(selected, target)
     _print_selection(selected, routing)
     console.print(

@@ -30,3 +30,11 @@ def s3_credentials() -> tuple[str, str] | None:
     """(access key, secret key) from `$MOEFORGE_S3_ACCESS_KEY`/`$MOEFORGE_S3_SECRET_KEY`; None → boto3's own chain."""
     key, secret = os.environ.get("MOEFORGE_S3_ACCESS_KEY"), os.environ.get("MOEFORGE_S3_SECRET_KEY")
     return (key, secret) if key and secret else None
+
+
+def fault():
+    """`$MOEFORGE_FAULT` (`role:point[@round]`, e.g. `miner:mid_upload@0`) as a `Fault`, or None: a test hook that makes
+    the role SIGKILL itself at that point (issue 6; moeforge/network/faults.py lists the points)."""
+    from moeforge.network.faults import ENV, parse_fault
+
+    return parse_fault(os.environ.get(ENV))

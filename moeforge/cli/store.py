@@ -51,6 +51,10 @@ def get(
     store: StoreUrl = None,
 ) -> None:
     """Fetch the object DIGEST, checking its hash, to --out or stdout."""
+    if out is not None:
+        from moeforge.cli.inputs import output_file
+
+        output_file(out, "--out")
     data = _open(store).get(digest)
     if out is None:
         stdout = typer.get_binary_stream("stdout")

@@ -18,8 +18,10 @@ def build_or_reuse(preset_name: str, out: Path | None, force: bool):
     """(TestbedReport, directory) of the preset's testbed, built unless a finished build is cached."""
     from moeforge.testbed.build import build_testbed
 
+    from moeforge.cli.inputs import output_dir
+
     cfg = preset(preset_name)
-    out = out or testbed_dir(preset_name, cfg)
+    out = output_dir(out, "--out") if out is not None else testbed_dir(preset_name, cfg)
     with training_bar(f"testbed[{preset_name}]", console) as on_step:
         report = build_testbed(cfg, out, force=force, on_step=on_step)
     return report, out

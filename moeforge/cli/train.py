@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from moeforge.cli.inputs import job_records, load_checkpoint, validated
+from moeforge.cli.inputs import job_records, load_checkpoint, output_dir, selected_on, validated
 from moeforge.cli.progress import training_bar
 from moeforge.data.corpora import DOMAINS
 from moeforge.errors import ConfigError
@@ -34,12 +34,12 @@ def train(
     """Train only the selected routed experts on the data; write the exact delta (new − base)."""
     from moeforge.data.formatting import encode_records
     from moeforge.data.packing import pack_examples
-    from moeforge.model.fingerprint import model_fingerprint
     from moeforge.model.slices import save_slice
     from moeforge.profile.selection import load_expert_config
     from moeforge.train.config import TrainConfig
     from moeforge.train.esft import train_experts
 
+    output_dir(out, "--out")
     cfg = validated(TrainConfig, tokens=tokens, lr=lr, batch_size=batch_size, grad_accum=grad_accum, checkpoint_every=25)
     selection = load_expert_config(experts)
     records = job_records(data, "train", prompt_field=prompt_field, response_field=response_field, text_field=text_field)
@@ -48,12 +48,7 @@ def train(
     if limit is not None and seq_len > limit:
         raise ConfigError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings {limit}.")
     selection.check_against(base)
-    fingerprint = model_fingerprint(base)
-    if selection.base_fingerprint and selection.base_fingerprint != fingerprint:
-        raise ConfigError(
-            f"{experts}: selected on base model {selection.base_fingerprint[:16]}…, but {model} is {fingerprint[:16]}…. "
-            "Profile and select on the model you train."
-        )
+    fingerprint = selected_on(selection, experts, base, model)
     packed = pack_examples(encode_records(records, tokenizer), seq_len, tokenizer.pad_token_id)
     with training_bar(f"ESFT ({selection.count} experts)", console) as on_step:
         delta, result = train_experts(

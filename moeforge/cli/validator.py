@@ -45,14 +45,17 @@ def run(
     job_timeout: JobTimeoutOpt = 600.0,
 ) -> None:
     """Wait for the owner's job, derive the held-out split from --data and the salt, and judge each round."""
+    from moeforge.cli import settings
     from moeforge.network.job import wait_for_job
     from moeforge.network.validator import Validator, run_validator
 
+    fault = settings.fault()
     salt = require_salt(salt)
     records, _ = read_job_data(data, prompt_field, response_field, text_field)
     keypair = hotkey_of(wallet, wallet_path)
     chain_, store_ = open_chain_url(chain), open_store_url(store)
     digest, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout)
     validator = Validator(chain=chain_, store=store_, keypair=keypair, job=job, job_digest=digest, records=records, salt=salt,
-                          run_dir=run or default_run("validator", keypair.ss58_address), metrics_port=metrics_port)
+                          run_dir=run or default_run("validator", keypair.ss58_address), metrics_port=metrics_port,
+                          fault=fault)
     run_validator(validator)

@@ -11,7 +11,8 @@ from pathlib import Path
 import re
 
 import torch
-from safetensors import safe_open
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from moeforge.errors import ArtifactNotFound, ModelError
@@ -36,6 +37,9 @@ def load_config(source: str | Path, *, online: bool = False) -> PretrainedConfig
         )
     try:
         config = AutoConfig.from_pretrained(str(source), local_files_only=not online)
+    except StrictDataclassError as exc:  # a field of the wrong type, e.g. "num_hidden_layers": "x"
+        raise ModelError(f"{source}: config.json has a bad field: {' '.join(str(exc).split())}. Fix the field, or "
+                         "re-export the checkpoint with save_pretrained.") from exc
     except (OSError, ValueError) as exc:
         where = "a hub id" if online else "a hub id in the local cache (offline; pass --online to download)"
         raise ModelError(f"{source}: neither a model directory nor {where}: {exc}") from exc
@@ -55,6 +59,9 @@ def load_model(source: str | Path, *, dtype: torch.dtype | None = None, online: 
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported below and refused: we name every key ourselves
         )
+    except SafetensorError as exc:  # a weights file that is not safetensors (truncated, or another format renamed)
+        raise ModelError(f"{source}: a weights file is not a readable safetensors file ({exc}). Re-export the "
+                         "checkpoint with save_pretrained, or copy the weights again.") from exc
     except (OSError, ValueError, RuntimeError) as exc:
         gaps = _expert_key_gaps(Path(source))
         detail = f"missing keys: {_shown(gaps)}" if gaps else str(exc)

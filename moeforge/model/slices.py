@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from moeforge.errors import ArtifactNotFound, DataError, ModelError
+from moeforge.json_file import read_json_model
 from moeforge.model.experts import ExpertSlot, ExpertWeights, find_layer, read_expert, shape_problems, write_expert
 from moeforge.model.families import FAMILIES, family_of
 
@@ -187,13 +188,10 @@ def load_slice(directory: Path, *, expect_fingerprint: str | None = None) -> Exp
 
 
 def read_manifest(directory: Path) -> SliceManifest:
-    path = Path(directory) / MANIFEST_FILE
-    if not path.is_file():
+    if not (Path(directory) / MANIFEST_FILE).exists():
         raise ArtifactNotFound(f"{directory}: no {MANIFEST_FILE}; not an expert slice directory.")
-    try:
-        return SliceManifest.model_validate_json(path.read_text())
-    except ValidationError as exc:
-        raise DataError(f"{path}: invalid slice manifest: {exc}") from exc
+    return read_json_model(Path(directory) / MANIFEST_FILE, SliceManifest, what="slice manifest", error=DataError,
+                           fix="Re-write the slice with save_slice (e.g. `moeforge extract`).")
 
 
 def _from_state(directory: Path, manifest: SliceManifest, state: dict[str, torch.Tensor]) -> ExpertSlice:

@@ -16,7 +16,12 @@ catches a copy with added noise up to about 14% of its norm. Submissions are ord
 Commitments are hotkey-bound and a delta is revealed only after the commit deadline, so a copier
 cannot commit to a delta it has not seen; two identical deltas committed in the same block come
 from colluding hotkeys, and the lower commitment hash, a fixed rule, picks the original.
-A replay of an earlier round's accepted delta (by digest) is flagged whatever its block.
+
+Replays (`find_replays`): a delta that repeats an earlier round's accepted delta, or the update an
+earlier round adopted (state after − state before), scores without training. A replay re-signed
+by another hotkey (or for another round) has a new envelope and so a new store digest, so the
+check is on the tensors: the same content digest (the envelope's `payload_sha256`, which hashes
+names, dtypes, shapes and bytes but not the signature) or a cosine ≥ 0.99, as for copies.
 """
 
 import logging
@@ -54,7 +59,8 @@ class Reject(StrEnum):
     NON_FINITE = "non_finite"                # a NaN or inf in the delta itself
     NORM_BOUND = "norm_bound"                # global L2 norm over the bound
     ZERO_DELTA = "zero_delta"
-    COPY = "copy"                            # same as (or near) an earlier commitment or an earlier round's delta
+    COPY = "copy"                            # same as (or near) an earlier commitment of this round
+    REPLAY = "replay"                        # same as (or near) an earlier round's accepted delta or adopted update
     NON_FINITE_LOSS = "non_finite_loss"      # some eval batch's loss is NaN or inf with the delta applied
     NO_IMPROVEMENT = "no_improvement"        # scored, at or below the noise floor
 
@@ -203,6 +209,17 @@ class Submission:
     commitment: bytes  # the 32-byte commitment hash: breaks ties within a block
     digest: str  # the delta's store address
     tensors: Mapping[str, torch.Tensor]
+    content_sha256: str = ""  # the signed envelope's payload_sha256: the tensors' digest, whoever signed them
+
+
+@dataclass(frozen=True, eq=False)
+class Earlier:
+    """A delta from an earlier round that a new submission must not repeat."""
+
+    source: str  # names it in a verdict: "round 2's accepted delta by 5F…" or "round 2's adopted update"
+    hotkey: str | None  # the miner it credits, if any
+    tensors: Mapping[str, torch.Tensor]
+    content_sha256: str = ""
 
 
 COPY_COSINE = 0.99
@@ -236,6 +253,25 @@ def find_copies(
                 log.info("%s (block %d) copies %s (block %d): cosine %.5f", sub.hotkey, sub.commit_block, first.hotkey, first.commit_block, similarity)
                 break
     return copies
+
+
+def find_replays(submissions: Sequence[Submission], earlier: Sequence[Earlier], *, cosine: float = COPY_COSINE) -> dict[str, str]:
+    """{hotkey: detail} for this round's submissions that repeat an earlier delta (module docstring)."""
+    earlier_norms = [global_norm(e.tensors) for e in earlier]
+    replays: dict[str, str] = {}
+    for sub in submissions:
+        norm = global_norm(sub.tensors)
+        for old, old_norm in zip(earlier, earlier_norms):
+            if sub.content_sha256 and sub.content_sha256 == old.content_sha256:
+                replays[sub.hotkey] = f"the same tensors as {old.source} (content sha256 {sub.content_sha256[:12]}…), re-signed"
+            else:
+                similarity = _cosine(old.tensors, sub.tensors, old_norm, norm)
+                if similarity < cosine:
+                    continue
+                replays[sub.hotkey] = f"a replay of {old.source}: cosine {similarity:.5f} ≥ {cosine}"
+            log.info("%s: %s", sub.hotkey, replays[sub.hotkey])
+            break
+    return replays
 
 
 def global_norm(tensors: Mapping[str, torch.Tensor]) -> float:

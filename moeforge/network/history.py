@@ -66,6 +66,8 @@ class RoundReport(BaseModel):
     accepted: list[str] = Field(default_factory=list)  # the merge cohort: top-k by score, in rank order
     contributions: dict[str, float] = Field(default_factory=dict)  # who the resulting state credits (sum 1, or empty)
     copies: dict[str, str] = Field(default_factory=dict)  # copier → original
+    replays: dict[str, str] = Field(default_factory=dict)  # replayer → the earlier delta or update it repeats
+    disagreements: dict[str, str] = Field(default_factory=dict)  # validator → how its previous-round state differs (audit)
     verdicts: list[VerdictEntry] = Field(default_factory=list)
     errors: dict[str, str] = Field(default_factory=dict)  # hotkey → unexpected error while judging it (not a verdict)
     score_rows: int
@@ -106,6 +108,7 @@ class RoundEntry(BaseModel):
     state_digest: str | None = None
     backers: dict[str, float] = Field(default_factory=dict)  # validator hotkey → stake, for the winning state
     validators: dict[str, str] = Field(default_factory=dict)  # every validator that published → its state_sha256
+    dissent: list[str] = Field(default_factory=list)  # validators that published another state than the winning one
     report: str | None = None  # store address of the winning backer's report
     choice: Literal["merged", "single", "none"] | None = None
     accepted: list[str] = Field(default_factory=list)
@@ -151,11 +154,14 @@ def round_entry(round: int, base_sha256: str, published: dict[str, str], backers
                           validators=published)
     scores = {v.hotkey: (v.score if v.accepted and v.score is not None else 0.0) for v in report.verdicts}
     rejections = {v.hotkey: Rejection(reason=v.reject, detail=v.detail) for v in report.verdicts if v.reject is not None}
+    dissent = sorted(h for h, sha in published.items() if sha != report.state_sha256)
+    if dissent:
+        log.warning("round %d: validators %s published another state than the stake-backed %s…", round, dissent, report.state_sha256[:12])
     losses = {"score_base": report.score_base_loss, "merge_base": report.merge_base_loss, "merged": report.merged_loss,
               "single": report.single_loss, "adopted": report.adopted_loss}
     return RoundEntry(
         round=round, outcome="kept" if report.state_sha256 == base_sha256 else "adopted", base_sha256=base_sha256,
-        state_sha256=report.state_sha256, state_digest=report.state_digest, backers=backers, validators=published,
+        state_sha256=report.state_sha256, state_digest=report.state_digest, backers=backers, validators=published, dissent=dissent,
         report=report_digest, choice=report.choice, accepted=list(report.accepted), scores=scores,
         rejections=rejections, losses=losses, contributions=dict(report.contributions), gain=report.gain,
     )

@@ -6,6 +6,11 @@ and a `Store`, but driven in order by `InProcessNetwork.run_round`, which steps 
 deadline itself: miners train and commit in the train phase, reveal after the commit deadline,
 validators judge after the seed block. Nothing waits on a wall clock, so a round costs exactly
 its work, and `RoundTimings` reports the seconds of each phase.
+
+`miners` may hold any participant with a miner's `hotkey`, `prepare`, `commit` and `reveal`, such
+as the red-team miners of `adversary.py`; one with an `after_reveal_deadline(prepared)` method is
+called once more after the reveal deadline, before validators judge (a late revealer). What each
+participant prepared in the round is kept in `prepared[round][hotkey]`, in the order they ran.
 """
 
 import logging
@@ -18,7 +23,7 @@ from moeforge.chain.local import LocalChain
 from moeforge.data.records import Record
 from moeforge.extract.package import MinerMode
 from moeforge.network.history import JobRecord, RoundReport
-from moeforge.network.miner import Miner
+from moeforge.network.miner import Miner, Prepared
 from moeforge.network.owner import JobRequest, Owner
 from moeforge.network.validator import Validator
 from moeforge.store.protocol import Store
@@ -59,6 +64,7 @@ class InProcessNetwork:
     validators: list[Validator] = field(default_factory=list)
     reports: dict[int, dict[str, RoundReport]] = field(default_factory=dict)  # round → validator hotkey → report
     timings: list[RoundTimings] = field(default_factory=list)
+    prepared: dict[int, dict[str, Prepared]] = field(default_factory=dict)  # round → hotkey → what it prepared
     job_digest: str | None = None
 
     @classmethod
@@ -104,6 +110,7 @@ class InProcessNetwork:
         for miner in self.miners:
             start = time.perf_counter()
             prepared.append(miner.prepare(r))
+            self.prepared.setdefault(r, {})[miner.hotkey] = prepared[-1]
             train_s[miner.hotkey] = time.perf_counter() - start
         start = time.perf_counter()
         for miner, p in zip(self.miners, prepared):
@@ -115,6 +122,9 @@ class InProcessNetwork:
             miner.reveal(p)
         reveal_s = time.perf_counter() - start
         self.advance_to(schedule.seed_block(r))
+        for miner, p in zip(self.miners, prepared):
+            if hasattr(miner, "after_reveal_deadline"):
+                miner.after_reveal_deadline(p)
         score_s, steps = {}, {}
         for validator in self.validators:
             start = time.perf_counter()

@@ -8,6 +8,11 @@ log. `LocalNetwork.wait` follows the chain until the owner has written the job's
 processes talk only through the chain and the store; the salt reaches the owner and the
 validators through their environment, never a command line.
 
+Issue 6: `kill(name)` ends a role with SIGKILL, `restart(name)` runs its exact command again with the
+same environment, wallet and run folder, and `wait(restart_killed=True)` restarts any role that died of
+SIGKILL, as a process supervisor would. `start_local_network(faults={"miner-0": "mid_upload@0"})` arms
+the fault hook (`faults.py`, `MOEFORGE_FAULT`) in one role's environment; it fires once per run folder.
+
 Run folder:
 
     <run>/chain.sqlite, <run>/store/       the embedded chain and store (unless URLs are given)
@@ -22,6 +27,7 @@ Run folder:
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moeforge.errors import ConfigError, MoeforgeError
 from moeforge.extract.package import MinerMode
+from moeforge.network.faults import ENV as FAULT_ENV
+from moeforge.network.faults import parse_fault
 from moeforge.network.history import RESULT_FILE, JobRecord
 from moeforge.network.job import JobSpec
 from moeforge.network.observe import read_events
@@ -43,6 +51,7 @@ log = logging.getLogger(__name__)
 
 LOG_FILE = "process.log"
 STOP_GRACE_S = 10.0
+MAX_RESTARTS = 5  # per role, under wait(restart_killed=True): a role killed over and over is a failure
 _PUBLISH_TIMEOUT_S = 900.0  # the owner profiles and selects before the job exists
 
 
@@ -86,6 +95,8 @@ class LocalNetwork:
     store_url: str
     members: list[Member]
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)  # name → (argv, environment)
+    restarts: dict[str, int] = field(default_factory=dict)  # name → times restarted
 
     @property
     def owner(self) -> Member:
@@ -99,12 +110,44 @@ class LocalNetwork:
         """The job the owner published, once it has."""
         return read_model(self.owner.run_dir / JOB_FILE, JobSpec)
 
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no role {name!r} in the local network in {self.plan.run_dir}; it has "
+                          f"{', '.join(m.name for m in self.members)}.")
+
+    def kill(self, name: str) -> int:
+        """End role `name` with SIGKILL, at whatever it is doing, and reap it; → its exit status (−9)."""
+        proc = self.procs[self.member(name).name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        code = proc.wait()
+        log.info("killed %s (pid %d) with SIGKILL", name, proc.pid)
+        return code
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Run role `name`'s exact command again (same wallet, run folder and environment); it must have exited."""
+        member = self.member(name)
+        old = self.procs[name]
+        if old.poll() is None:
+            raise RoleFailed(f"{name} (pid {old.pid}) is still running; kill it before restarting it.")
+        command, env = self.commands[name]
+        self.procs[name] = _start(self.plan, member, command, env)
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        log.warning("restarted %s (pid %d, exit status %s before; restart %d)", name, self.procs[name].pid, old.returncode,
+                    self.restarts[name])
+        return self.procs[name]
+
     def wait(self, *, on_block: Callable[[JobSpec | None, int], None] | None = None, poll_s: float = 0.5,
-             timeout_s: float | None = None) -> JobRecord:
+             timeout_s: float | None = None, restart_killed: bool = False) -> JobRecord:
         """Follow the chain until the owner has written the record; RoleFailed if any role exits with an error,
-        or if the job is not done within `timeout_s` (default: what its schedule implies, generously)."""
+        or if the job is not done within `timeout_s` (default: what its schedule implies, generously).
+        `restart_killed`: a role that died of SIGKILL is restarted (up to MAX_RESTARTS times) instead."""
         job, deadline = None, time.monotonic() + (timeout_s or _PUBLISH_TIMEOUT_S)
         while self.procs["owner"].poll() != 0:
+            if restart_killed:
+                self._restart_killed()
             self._check_processes()
             head = self.chain.block()
             if job is None and (job := self.job()) is not None and timeout_s is None:  # the job's schedule sets the limit
@@ -118,7 +161,7 @@ class LocalNetwork:
         record = read_model(self.owner.run_dir / RESULT_FILE, JobRecord)
         if record is None:
             raise RoleFailed(f"the owner exited without writing {self.owner.run_dir / RESULT_FILE}; see its {LOG_FILE}.")
-        self._let_roles_finish(timeout_s=30.0)
+        self._let_roles_finish(timeout_s=30.0, restart_killed=restart_killed)
         return record
 
     def phase_timings(self) -> dict[int, dict[str, dict[str, float]]]:
@@ -144,6 +187,14 @@ class LocalNetwork:
                 p.kill()
                 p.wait()
 
+    def _restart_killed(self) -> None:
+        for name, p in list(self.procs.items()):
+            if self._restartable(name, p):
+                self.restart(name)
+
+    def _restartable(self, name: str, p: subprocess.Popen) -> bool:
+        return p.poll() == -signal.SIGKILL and self.restarts.get(name, 0) < MAX_RESTARTS
+
     def _check_processes(self) -> None:
         for name, p in self.procs.items():
             code = p.poll()
@@ -152,20 +203,28 @@ class LocalNetwork:
                 raise RoleFailed(f"{name} exited with status {code}: {_tail(member.run_dir / LOG_FILE)} "
                                  f"(full log: {member.run_dir / LOG_FILE})")
 
-    def _let_roles_finish(self, timeout_s: float) -> None:
+    def _let_roles_finish(self, timeout_s: float, restart_killed: bool = False) -> None:
+        """Give the other roles `timeout_s` to finish once the record is written (restarting killed ones if asked)."""
         deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if restart_killed:
+                self._restart_killed()
+            done = [p.poll() is not None and not (restart_killed and self._restartable(name, p)) for name, p in self.procs.items()]
+            if all(done):
+                break
+            time.sleep(0.2)
         for name, p in self.procs.items():
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if p.poll() is None:
                 log.warning("%s is still running after the job's record was written; stopping it", name)
         self._check_processes()
 
 
-def start_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str, str] | None = None) -> LocalNetwork:
+def start_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str, str] | None = None,
+                        faults: dict[str, str] | None = None) -> LocalNetwork:
     """Set up the chain, the store and the wallets, then start every role process (module docstring).
 
-    `credentials` (S3 access key, secret key) reach the roles through their environment.
+    `credentials` (S3 access key, secret key) reach the roles through their environment; `faults` (role name →
+    `point[@round]`, a test hook) through the environment of that role only.
     """
     from moeforge.chain.keys import create_wallet, load_wallet
     from moeforge.chain.open import open_chain
@@ -202,13 +261,17 @@ def start_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str,
         {"name": m.name, "role": m.role, "hotkey": m.hotkey, "run": str(m.run_dir), "mode": m.mode, "stake": m.stake}
         for m in members]}, indent=2) + "\n")
     net = LocalNetwork(plan, chain, chain_url, store_url, members)
+    armed = _armed_faults(net, faults or {})
     child_env = {**os.environ, "MOEFORGE_DATA_SALT": salt, "PYTHONUNBUFFERED": "1"}
+    child_env.pop(FAULT_ENV, None)  # only the roles `faults` names get one
     child_env.setdefault("OMP_NUM_THREADS", "1")  # several roles share the cores; OpenMP spin-waits otherwise
     if credentials is not None:
         child_env.update(MOEFORGE_S3_ACCESS_KEY=credentials[0], MOEFORGE_S3_SECRET_KEY=credentials[1])
     try:
         for k, m in enumerate(members):
-            net.procs[m.name] = _start(plan, m, _command(plan, m, net, k), child_env)
+            env = {**child_env, FAULT_ENV: armed[m.name]} if m.name in armed else child_env
+            net.commands[m.name] = (_command(plan, m, net, k), env)
+            net.procs[m.name] = _start(plan, m, *net.commands[m.name])
     except BaseException:
         net.stop()
         raise
@@ -219,13 +282,26 @@ def start_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str,
 
 def run_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str, str] | None = None,
                       on_block: Callable[[JobSpec | None, int], None] | None = None,
-                      timeout_s: float | None = None) -> tuple[JobRecord, LocalNetwork]:
-    """Start a local network, follow it to the job's record, and stop every process (also on Ctrl-C)."""
-    net = start_local_network(plan, salt, credentials=credentials)
+                      timeout_s: float | None = None, faults: dict[str, str] | None = None,
+                      restart_killed: bool = False, poll_s: float = 0.5) -> tuple[JobRecord, LocalNetwork]:
+    """Start a local network, follow it to the job's record, and stop every process (also on Ctrl-C).
+    `faults` and `restart_killed`: see `start_local_network` and `LocalNetwork.wait`."""
+    net = start_local_network(plan, salt, credentials=credentials, faults=faults)
     try:
-        return net.wait(on_block=on_block, timeout_s=timeout_s), net
+        return net.wait(on_block=on_block, timeout_s=timeout_s, restart_killed=restart_killed, poll_s=poll_s), net
     finally:
         net.stop()
+
+
+def _armed_faults(net: LocalNetwork, faults: dict[str, str]) -> dict[str, str]:
+    """Role name → the MOEFORGE_FAULT value for it, checked (ConfigError naming the bad one)."""
+    armed = {}
+    for name, point in faults.items():
+        member = net.member(name)
+        value = f"{member.role}:{point}"
+        parse_fault(value, source=f"fault for {name}")
+        armed[name] = value
+    return armed
 
 
 def _command(plan: NetworkPlan, m: Member, net: LocalNetwork, k: int) -> list[str]:

@@ -13,6 +13,13 @@ DESIGN.md "The network", steps 2–4. One round, top to bottom (`run_miner`):
 The model is loaded afresh each round: a quantized or subset model cannot take new expert
 weights in place, and loading is cheap next to training. While it loads, the miner holds the
 full model for a moment; the reduced model is what it trains with.
+
+Crash safety (issue 6): before committing, the miner writes the signed bytes it commits to
+`<run>/pending/<round>.delta` (atomically), so a miner killed and restarted in the same round
+commits or reveals those very bytes (a re-trained delta is signed afresh and would not match the
+commitment); it never reveals bytes whose digest is not the one committed on chain, and a round
+it can no longer finish in time is skipped with a `skipped` event. The upload itself is atomic
+in the store, so a kill mid-upload leaves nothing readable.
 """
 
 import logging
@@ -20,22 +27,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moeforge.chain.protocol import Chain, not_registered, wait_for_block
-from moeforge.errors import ChainError, ConfigError
+from moeforge.errors import ChainError, ConfigError, PayloadError
 from moeforge.extract.package import MODES, MinerMode, reduce_for_mode
 from moeforge.model.slices import apply_slice, extract_slice
 from moeforge.network.checks import global_norm
-from moeforge.network.commitment import commitment, encode_commitment, encode_reveal
+from moeforge.network.commitment import (
+    CommitPayload,
+    RevealPayload,
+    commitment,
+    decode_commitment,
+    decode_reveal,
+    encode_commitment,
+    encode_reveal,
+)
+from moeforge.network.faults import Fault, put_half_then_die
 from moeforge.network.job import JobSpec
 from moeforge.network.jobdata import check_fingerprint, decode_train_rows, shard
 from moeforge.network.observe import Observer
+from moeforge.network.persist import write_atomic_bytes
 from moeforge.network.shards import miner_shard
 from moeforge.network.state import StateRef, base_state, fetch_state
-from moeforge.network.transport import pack
+from moeforge.network.transport import pack, unpack
 from moeforge.store.protocol import Store, sha256_hex
 from moeforge.train.esft import train_experts
 from moeforge.train.metrics import StepCallback, TrainResult
 
 log = logging.getLogger(__name__)
+
+PENDING_DIR = "pending"  # <run>/pending/<round>.delta: the bytes committed to, until revealed
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,8 +64,8 @@ class Prepared:
     round: int
     data: bytes  # the signed payload (transport.pack, kind "delta")
     digest: str  # its store address: sha256 of `data`
-    base: StateRef  # the state it was trained from
-    result: TrainResult
+    base: StateRef | None  # the state it was trained from (None: read back from the run folder after a restart)
+    result: TrainResult | None  # None: read back from the run folder after a restart
     delta_norm: float
 
 
@@ -64,6 +83,7 @@ class Miner:
         run_dir: Path | None = None,
         metrics_port: int | None = None,
         on_step: StepCallback | None = None,
+        fault: Fault | None = None,
     ):
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
@@ -71,7 +91,8 @@ class Miner:
         self.hotkey = keypair.ss58_address
         if chain.metagraph().by_hotkey(self.hotkey) is None:
             raise ChainError(not_registered(self.hotkey, chain.metagraph().netuid))
-        self.observer = Observer("miner", self.hotkey, run_dir, metrics_port=metrics_port)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.observer = Observer("miner", self.hotkey, run_dir, metrics_port=metrics_port, fault=fault)
         self.on_step = on_step
         self._rows = None  # the job's train rows, fetched once
 
@@ -87,7 +108,7 @@ class Miner:
         with self.observer.phase("train", timings):
             delta, result = train_experts(
                 model, self.job.slots, shard(rows, indices), self.job.miner_train_config(),
-                base_fingerprint=self.job.base_fingerprint, on_step=self.on_step,
+                base_fingerprint=self.job.base_fingerprint, on_step=self._on_step,
             )
         del model
         data = pack(delta.state_dict(), keypair=self.keypair, job=self.job.job_id, round=r, kind="delta")
@@ -113,7 +134,9 @@ class Miner:
             self.observer.event("missed_deadline", f"round {r}: too late to commit (chain at block {self.chain.block()}, "
                                 f"deadline {deadline}); the round is lost", round=r, deadline=deadline)
             return False
+        self._keep(prepared)  # the committed bytes are on disk before the commitment is on chain
         block = self.chain.commit(self.keypair, encode_commitment(commitment(prepared.digest, self.hotkey, r), r))
+        self.observer.reached("after_commit")
         late = block > deadline  # the head moved on between the check and the write
         self.observer.metric("moeforge_miner_submissions_total").labels(outcome="late_commit" if late else "committed").inc()
         self.observer.event("committed", f"round {r}: committed to {prepared.digest[:12]}… in block {block}"
@@ -127,14 +150,79 @@ class Miner:
         if self.chain.block() < self.job.schedule.commit_deadline(r):
             raise ChainError(f"round {r}: revealing before the commit deadline (block {self.job.schedule.commit_deadline(r)}) "
                              "would hide the commitment from validators; wait for the deadline first.")
+        self.observer.reached("mid_upload", before_death=lambda: put_half_then_die(self.store, prepared.data))
         self.store.put(prepared.data)
+        self.observer.reached("after_upload")
         block = self.chain.commit(self.keypair, encode_reveal(prepared.digest, r))
         late = block > self.job.schedule.reveal_deadline(r)
         self.observer.metric("moeforge_miner_submissions_total").labels(outcome="late_reveal" if late else "revealed").inc()
         self.observer.event("revealed", f"round {r}: revealed {prepared.digest[:12]}… ({len(prepared.data):,} bytes) in block {block}"
                             + (" (after the reveal deadline)" if late else ""), round=r, block=block, late=late)
         self.observer.flush_metrics()
+        self.forget(r)
         return block
+
+    def pending(self, r: int) -> Prepared | None:
+        """The delta this miner kept for round r before committing to it (after a restart), or None."""
+        path = self._pending_path(r)
+        if path is None or not path.is_file():
+            return None
+        data = path.read_bytes()
+        try:
+            _, tensors = unpack(data, expect_hotkey=self.hotkey, expect_job=self.job.job_id, expect_round=r,
+                                       expect_kind="delta")
+        except PayloadError as exc:  # a disk error or a stray file: train again rather than commit to it
+            log.warning("round %d: %s is not this miner's delta (%s); training again", r, path, exc)
+            path.unlink(missing_ok=True)
+            return None
+        prepared = Prepared(r, data, sha256_hex(data), None, None, global_norm(tensors))
+        self.observer.event("resumed", f"round {r}: resuming with the delta {prepared.digest[:12]}… kept in {path}",
+                            round=r, digest=prepared.digest)
+        return prepared
+
+    def kept(self, r: int) -> bool:
+        """Whether this miner kept a delta for round r (it had committed, or was about to)."""
+        path = self._pending_path(r)
+        return path is not None and path.is_file()
+
+    def submitted(self, prepared: Prepared) -> str | None:
+        """How far this delta's round got on chain: "revealed", "committed" (to these bytes), or None."""
+        r, latest = prepared.round, self.chain.commitment(self.hotkey)
+        if latest is None:
+            return None
+        reveal = decode_reveal(latest.data)
+        if isinstance(reveal, RevealPayload) and reveal.round == r:
+            return "revealed" if reveal.digest == prepared.digest else "other"
+        commit = decode_commitment(latest.data)
+        if isinstance(commit, CommitPayload) and commit.round == r:
+            return "committed" if commit.commitment == commitment(prepared.digest, self.hotkey, r) else "other"
+        return None
+
+    def skip(self, r: int, reason: str) -> None:
+        """Give up on round r (too late to finish it, or nothing it can honestly reveal), and say why."""
+        self.observer.metric("moeforge_miner_submissions_total").labels(outcome="skipped").inc()
+        self.observer.event("skipped", f"round {r}: skipped: {reason}", round=r, reason=reason)
+        self.forget(r)
+
+    def _on_step(self, info) -> None:
+        if info.step == max(1, self.job.inner_steps // 2):
+            self.observer.reached("mid_training")
+        if self.on_step is not None:
+            self.on_step(info)
+
+    def _pending_path(self, r: int) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / PENDING_DIR / f"{r}.delta"
+
+    def _keep(self, prepared: Prepared) -> None:
+        path = self._pending_path(prepared.round)
+        if path is not None:
+            write_atomic_bytes(path, prepared.data)
+
+    def forget(self, r: int) -> None:
+        """Drop the delta kept for round r (revealed, or given up on)."""
+        path = self._pending_path(r)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def _train_rows(self):
         if self._rows is None:
@@ -164,22 +252,47 @@ def first_round(job: JobSpec, block: int) -> int:
 
 
 def run_miner(miner: Miner, *, poll_s: float = 0.25) -> None:
-    """Take part in every remaining round of the job, then return."""
+    """Take part in every remaining round of the job, then return.
+
+    After a restart, a round whose commit deadline has passed is still finished if this miner kept the delta
+    it committed to and the reveal can still land in time (module docstring)."""
     job, chain, schedule = miner.job, miner.chain, miner.job.schedule
-    start = first_round(job, chain.block())
+    head = chain.block()
+    start = first_round(job, head)
+    if start > 0 and head < schedule.reveal_deadline(start - 1) and miner.kept(start - 1):
+        start -= 1  # killed after committing: reveal what it committed to
+    for r in range(start):
+        miner.forget(r)  # deltas kept for rounds that can no longer be finished
     miner.observer.event("started", f"mining job {job.job_id} from round {start} of {job.rounds} in {miner.mode} mode",
                          job=job.job_id, first_round=start, mode=miner.mode)
     for r in range(start, job.rounds):
+        miner.observer.round = r
         wait_for_block(chain, schedule.round_start(r), timeout_s=_wait(job, chain, schedule.round_start(r)), poll_s=poll_s)
         try:
-            prepared = miner.prepare(r)
-            if miner.commit(prepared):
-                wait_for_block(chain, schedule.commit_deadline(r), timeout_s=_wait(job, chain, schedule.commit_deadline(r)), poll_s=poll_s)
-                miner.reveal(prepared)
+            take_part(miner, r, poll_s=poll_s)
         except Exception as exc:  # noqa: BLE001 (one round's failure is recorded; the miner goes on to the next)
             miner.observer.failure("round", r, exc)
     miner.observer.event("finished", f"job {job.job_id}: done", job=job.job_id)
     miner.observer.close()
+
+
+def take_part(miner: Miner, r: int, *, poll_s: float = 0.25) -> None:
+    """Round r from wherever this miner left it: train (or take the kept delta), commit, wait, reveal."""
+    job, chain, schedule = miner.job, miner.chain, miner.job.schedule
+    prepared = miner.pending(r) or miner.prepare(r)
+    done = miner.submitted(prepared)
+    if done == "revealed":  # killed after the reveal landed: nothing left to do
+        miner.observer.event("revealed", f"round {r}: {prepared.digest[:12]}… was revealed before the restart",
+                             round=r, late=False, before_restart=True)
+        miner.forget(r)
+    elif done == "other":  # cannot happen while the kept file is the one committed to; never reveal what was not
+        miner.skip(r, "the chain holds a commitment of this hotkey to other bytes than the ones it kept")
+    elif done == "committed" or miner.commit(prepared):
+        wait_for_block(chain, schedule.commit_deadline(r), timeout_s=_wait(job, chain, schedule.commit_deadline(r)), poll_s=poll_s)
+        if chain.block() >= schedule.reveal_deadline(r):  # a reveal now would land after the deadline and not count
+            miner.skip(r, f"the chain is at block {chain.block()}, too late to reveal by block {schedule.reveal_deadline(r)}")
+        else:
+            miner.reveal(prepared)
 
 
 def _wait(job: JobSpec, chain: Chain, block: int) -> float:

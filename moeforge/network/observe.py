@@ -6,10 +6,14 @@ STYLE.md §6. Each event goes to `events.jsonl` in the role's run folder (`{"t",
 written to `metrics.prom` in the run folder after each round (Prometheus text format, readable by
 node_exporter's textfile collector) and, with a port, served over HTTP at `/metrics`.
 Every metric a role may set is listed in `METRICS`, so the names are in one place.
+
+An observer also carries the role's test hook (`faults.Fault`, issue 6): `reached(point)` is called at
+each named point and on entering each phase, and kills the process there when the fault names it.
 """
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +23,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, write_to_textfile
 
 from moeforge.errors import ConfigError
+from moeforge.network.faults import Fault, already_fired, die, mark_fired
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ METRICS: dict[str, tuple[type, str, tuple[str, ...]]] = {  # name → (kind, hel
     "moeforge_validator_score": (Gauge, "Proof-of-Loss score of each miner in the latest round (0 if refused).", ("miner",)),
     "moeforge_validator_heldout_loss": (Gauge, "Held-out loss on the merge sample: the current state and the one adopted.", ("state",)),
     "moeforge_validator_merges_total": (Counter, "Round outcomes by choice: merged, single, none.", ("choice",)),
+    "moeforge_validator_disagreements_total": (Counter, "Other validators' previous-round states that differ from this one's for the same base and seed.", ("validator",)),
     "moeforge_validator_weight": (Gauge, "Weight set on chain per miner uid.", ("uid",)),
     "moeforge_owner_heldout_loss": (Gauge, "Held-out loss of the job's expert state before and after the job.", ("when",)),
     "moeforge_owner_rounds_recorded": (Gauge, "Rounds in the job's history so far.", ()),
@@ -48,9 +54,12 @@ METRICS: dict[str, tuple[type, str, tuple[str, ...]]] = {  # name → (kind, hel
 class Observer:
     """One role's event log and metrics; `run_dir=None` logs only (metrics still count in memory)."""
 
-    def __init__(self, role: Role, hotkey: str, run_dir: Path | None = None, *, metrics_port: int | None = None):
+    def __init__(self, role: Role, hotkey: str, run_dir: Path | None = None, *, metrics_port: int | None = None,
+                 fault: Fault | None = None):
         self.role, self.hotkey = role, hotkey
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.round: int | None = None  # the round the role is working on, for a fault's @round
+        self.fault = fault if fault is not None and fault.role == role and not already_fired(fault, self.run_dir) else None
         self.registry = CollectorRegistry()
         self._metrics: dict[str, object] = {}
         self._server = None
@@ -90,9 +99,24 @@ class Observer:
         self.metric("moeforge_failures_total").labels(step=step).inc()
         self.event("failure", None, step=step, round=round, error=f"{type(exc).__name__}: {exc}")
 
+    def reached(self, point: str, *, before_death=None) -> None:
+        """The role is at `point`: if the fault hook names it (in this round), record it and SIGKILL this process,
+        after calling `before_death()` if given (which may itself die part-way, as `faults.put_half_then_die` does)."""
+        if self.fault is None or not self.fault.matches(self.role, point, self.round):
+            return
+        log.warning("%s %s: fault hook %s (%s): killing this process with SIGKILL", self.role, self.hotkey[:10],
+                    self.fault, "MOEFORGE_FAULT")
+        self.event("fault", None, point=point, round=self.round, fault=str(self.fault), pid=os.getpid())
+        mark_fired(self.fault, self.run_dir)
+        if before_death is not None:
+            before_death()
+        die()
+
     @contextmanager
     def phase(self, name: str, timings: dict[str, float] | None = None) -> Iterator[None]:
-        """Time the block: observed in moeforge_phase_seconds{phase=name} and stored in `timings[name]`."""
+        """Time the block: observed in moeforge_phase_seconds{phase=name} and stored in `timings[name]`.
+        Entering it is a fault point of the same name (`reached`)."""
+        self.reached(name)
         start = time.perf_counter()
         try:
             yield

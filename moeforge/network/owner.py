@@ -11,7 +11,12 @@ DESIGN.md "The network", step 1, and "The library". Top to bottom (`run_owner`):
    stake backed and the report of its best-staked backer, evaluate the held-out loss before and
    after, and write the `JobRecord` to the store and to `<run>/result.json`.
 
-An owner restarted with the same run folder re-uses the job it already published.
+An owner restarted with the same run folder re-uses the job it already published. It writes
+`job.json` and `job.digest` before the job's commitment goes on chain, so a kill between the two
+never makes it publish a second, different job: on restart, a job the chain holds is resumed, and
+one that never landed (nobody saw it) is published again, rescheduled from the current block,
+without profiling again. The record is written last, atomically; an owner killed while writing it
+writes it again.
 """
 
 import logging
@@ -30,15 +35,16 @@ from moeforge.eval.domain import rows_loss
 from moeforge.model.fingerprint import model_fingerprint
 from moeforge.model.slices import apply_slice, extract_slice
 from moeforge.network.history import RESULT_FILE, JobRecord, contribution_shares, round_entry
-from moeforge.network.job import JOB_ID, JobSpec, SplitSpec, load_job, publish_job, read_job
+from moeforge.network.faults import Fault
+from moeforge.network.job import JOB_ID, JobSpec, SplitSpec, publish_job, read_job
 from moeforge.network.jobdata import encode_train_rows, heldout_check, heldout_rows, load_base, pack_rows, split_job
 from moeforge.network.observe import Observer
-from moeforge.network.persist import write_atomic, write_model
+from moeforge.network.persist import read_model, write_atomic, write_model
 from moeforge.network.schedule import RoundSchedule
 from moeforge.network.state import backed_report, base_state, fetch_state, pack_state, round_results
 from moeforge.profile.selection import SelectConfig, coverage_selection, select_experts
 from moeforge.profile.stats import ProfileConfig, default_seq_len, profile_records
-from moeforge.store.protocol import Store
+from moeforge.store.protocol import Store, sha256_hex
 from moeforge.train.config import TrainConfig
 from moeforge.versions import software_versions
 
@@ -95,12 +101,13 @@ class Owner:
         salt: str,
         run_dir: Path | None = None,
         metrics_port: int | None = None,
+        fault: Fault | None = None,
     ):
         self.chain, self.store, self.keypair, self.request = chain, store, keypair, request
         self.records, self.salt = records, salt
         self.hotkey = keypair.ss58_address
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.observer = Observer("owner", self.hotkey, run_dir, metrics_port=metrics_port)
+        self.observer = Observer("owner", self.hotkey, run_dir, metrics_port=metrics_port, fault=fault)
         self.job: JobSpec | None = None
         self.job_digest: str | None = None
 
@@ -109,7 +116,6 @@ class Owner:
         resumed = self._published_before()
         if resumed is not None:
             self.job_digest, self.job = resumed
-            self.observer.event("resumed", f"job {self.job.job_id} already published as {self.job_digest[:12]}…", digest=self.job_digest)
             return resumed
         timings: dict[str, float] = {}
         req = self.request
@@ -139,11 +145,7 @@ class Owner:
             schedule=RoundSchedule(start_block=head + req.start_delay_blocks, train_blocks=req.train_blocks,
                                    commit_blocks=req.commit_blocks, reveal_blocks=req.reveal_blocks, score_blocks=req.score_blocks),
         )
-        digest, block = publish_job(spec, store=self.store, chain=self.chain, keypair=self.keypair)
-        self.job, self.job_digest = spec, digest
-        if self.run_dir is not None:
-            write_model(self.run_dir / JOB_FILE, spec)
-            write_atomic(self.run_dir / DIGEST_FILE, digest + "\n")
+        digest, block = self._publish(spec)
         self.observer.event(
             "published", f"job {spec.job_id}: {len(spec.slots)} experts of {profile.num_experts * len(profile.layers)} selected, "
             f"{spec.train_rows} train rows in the store, {spec.heldout_rows} held-out rows kept back; round 0 starts at block "
@@ -181,6 +183,7 @@ class Owner:
             heldout_tokens=tokens, finished_block=self.chain.block(), versions=software_versions(),
         )
         record_digest = self.store.put(record.model_dump_json().encode("utf-8"))
+        self.observer.reached("recorded")
         if self.run_dir is not None:
             write_model(self.run_dir / RESULT_FILE, record)
         self.observer.metric("moeforge_owner_heldout_loss").labels(when="before").set(before)
@@ -211,15 +214,40 @@ class Owner:
             raise ConfigError("the owner has not published its job yet; call publish() first.")
         return self.job
 
+    def _publish(self, spec: JobSpec) -> tuple[str, int]:
+        """Keep the spec and its digest in the run folder, then publish it; (digest, block)."""
+        digest = sha256_hex(spec.model_dump_json().encode("utf-8"))  # the bytes publish_job puts in the store
+        if self.run_dir is not None:
+            write_model(self.run_dir / JOB_FILE, spec)
+            write_atomic(self.run_dir / DIGEST_FILE, digest + "\n")
+        self.observer.reached("publishing")
+        published, block = publish_job(spec, store=self.store, chain=self.chain, keypair=self.keypair)
+        assert published == digest, "publish_job stores the spec as its JSON"
+        self.job, self.job_digest = spec, digest
+        return digest, block
+
     def _published_before(self) -> tuple[str, JobSpec] | None:
-        """(digest, spec) if this run folder published a job that is still the owner's commitment."""
-        if self.run_dir is None or not (self.run_dir / DIGEST_FILE).is_file():
+        """(digest, spec) of the job this run folder published (module docstring); None to publish afresh."""
+        if self.run_dir is None:
             return None
-        digest = (self.run_dir / DIGEST_FILE).read_text().strip()
+        spec = read_model(self.run_dir / JOB_FILE, JobSpec)
+        if spec is None or spec.job_id != self.request.job_id or spec.owner != self.hotkey:
+            return None
+        digest_file = self.run_dir / DIGEST_FILE
+        digest = digest_file.read_text().strip() if digest_file.is_file() else None
         on_chain = read_job(self.chain, self.store, self.hotkey)
-        if on_chain is None or on_chain[0] != digest:
+        if on_chain is not None and on_chain[0] == digest:
+            self.observer.event("resumed", f"job {spec.job_id} already published as {digest[:12]}…", digest=digest)
+            return on_chain
+        if not (self.store.exists(spec.initial_state) and self.store.exists(spec.train_data)):
             return None
-        return digest, load_job(self.store, digest, owner=self.hotkey)
+        head = self.chain.block()
+        schedule = spec.schedule.model_copy(update={"start_block": head + self.request.start_delay_blocks})
+        digest, block = self._publish(spec.model_copy(update={"created_block": head, "schedule": schedule}))
+        self.observer.event("republished", f"job {spec.job_id} was prepared but never landed on chain; published it as "
+                            f"{digest[:12]}…, round 0 from block {schedule.start_block}", digest=digest, block=block,
+                            start_block=schedule.start_block)
+        return digest, self.job
 
 
 def run_owner(owner: Owner, *, poll_s: float = 0.25, on_block: Callable[[JobSpec, int], None] | None = None) -> JobRecord:
@@ -230,6 +258,9 @@ def run_owner(owner: Owner, *, poll_s: float = 0.25, on_block: Callable[[JobSpec
     deadline = time.monotonic() + timeout_s
     head = owner.chain.block()
     while head < end:
+        if head >= job.schedule.start_block:
+            owner.observer.round = job.schedule.phase_at(head)[0]
+            owner.observer.reached("mid_job")
         if on_block is not None:
             on_block(job, head)
         if time.monotonic() > deadline:

@@ -14,6 +14,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from moeforge.errors import ConfigError
+from moeforge.json_file import validation_problems
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,17 @@ M = TypeVar("M", bound=BaseModel)
 
 def write_atomic(path: Path, text: str) -> Path:
     """Write `text` to `path` atomically (temp file, fsync, rename, fsync the folder)."""
+    return write_atomic_bytes(path, text.encode("utf-8"))
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temp file, fsync, rename, fsync the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,13 +52,14 @@ def write_model(path: Path, model: BaseModel) -> Path:
 def read_model(path: Path, model_class: type[M]) -> M | None:
     """The model stored at `path`, None if there is no file; ConfigError naming the file if it is not one."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
         return model_class.model_validate_json(path.read_text(encoding="utf-8"))
-    except (ValidationError, UnicodeDecodeError) as exc:
+    except (ValidationError, UnicodeDecodeError, OSError) as exc:  # OSError: e.g. a folder in the file's place
+        problem = validation_problems(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ConfigError(
-            f"{path}: not a valid {model_class.__name__} file ({str(exc).splitlines()[0]}). "
+            f"{path}: not a valid {model_class.__name__} file ({problem}). "
             "It was written by another moeforge version or edited by hand; move it away to start afresh."
         ) from None
 

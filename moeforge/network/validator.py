@@ -11,6 +11,11 @@ DESIGN.md "The network", steps 5–7. One round, top to bottom (`Validator.score
 4. `_rate`: scores → smoothed ratings → weights on chain;
 5. `_persist`: `state.json` in the run folder, written atomically, so a validator killed at any
    point resumes from the last round it completed.
+
+A validator killed mid-round re-judges the round after its restart: the same chain reads as of
+the same deadlines, the same seed block, the same held-out rows and the same base state give the
+same resulting state. If its result for the round already landed before the kill, it does not
+publish a second one: it takes the report it published and goes on to weights and `state.json`.
 """
 
 import logging
@@ -23,14 +28,15 @@ from moeforge.chain.protocol import Chain, require_permit, wait_for_block
 from moeforge.data.records import Record
 from moeforge.errors import ConfigError
 from moeforge.model.slices import ExpertSlice, apply_slice, extract_slice
-from moeforge.network.commitment import encode_result
+from moeforge.network.commitment import ResultPayload, decode_result, encode_result
+from moeforge.network.faults import Fault
 from moeforge.network.history import RoundReport
 from moeforge.network.job import JobSpec
 from moeforge.network.jobdata import heldout_rows, load_base
 from moeforge.network.observe import Observer
 from moeforge.network.persist import read_model, write_atomic, write_model
 from moeforge.network.rating import RatingState, chain_weights, forget, round_scores, update_ratings
-from moeforge.network.state import StateRef, base_state, fetch_state, pack_state
+from moeforge.network.state import StateRef, base_state, fetch_state, pack_state, read_report
 from moeforge.network.validator_round import RoundJudgement, judge_round
 from moeforge.store.protocol import Store
 
@@ -70,13 +76,14 @@ class Validator:
         salt: str,
         run_dir: Path | None = None,
         metrics_port: int | None = None,
+        fault: Fault | None = None,
     ):
         self.chain, self.store, self.keypair, self.job, self.job_digest = chain, store, keypair, job, job_digest
         self.hotkey = keypair.ss58_address
         require_permit(chain.metagraph(), self.hotkey)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.state = self._resume()
-        self.observer = Observer("validator", self.hotkey, run_dir, metrics_port=metrics_port)
+        self.observer = Observer("validator", self.hotkey, run_dir, metrics_port=metrics_port, fault=fault)
         self.model, tokenizer = load_base(job.base_model, job.base_fingerprint)
         self.heldout = heldout_rows(job, records, salt, tokenizer)
         self.current: ExpertSlice = extract_slice(self.model, job.slots, job.base_fingerprint)
@@ -122,6 +129,14 @@ class Validator:
 
     def _publish(self, r: int, ref: StateRef, judgement: RoundJudgement, timings: dict[str, float]) -> tuple[RoundReport, str]:
         data, sha256 = pack_state(judgement.state, keypair=self.keypair, job_id=self.job.job_id, round=r)
+        earlier = self.published(r)
+        if earlier is not None and earlier.state_sha256 == sha256:  # published before a restart: do not publish twice
+            self.observer.event("republished", f"round {r}: the result {sha256[:12]}… was already on chain before the "
+                                "restart; keeping it", round=r, state=sha256, report=earlier.report)
+            return read_report(self.store, earlier.report), earlier.report
+        if earlier is not None:
+            log.warning("round %d: re-judging after a restart gave state %s…, not the %s… published before; publishing "
+                        "the new one, which replaces it", r, sha256[:12], earlier.state_sha256[:12])
         state_digest = self.store.put(data)
         decision = judgement.decision
         report = RoundReport(
@@ -130,6 +145,7 @@ class Validator:
             state_digest=state_digest, choice=decision.choice if decision else "none",
             best_hotkey=decision.hotkey if decision else None, accepted=judgement.accepted,
             contributions=decision.contributions if decision else {}, copies=judgement.copies, verdicts=judgement.entries,
+            replays=judgement.replays, disagreements=judgement.disagreements,
             errors=judgement.errors, score_rows=self.job.score_rows, merge_rows=self.job.merge_rows,
             score_base_loss=judgement.score_base_loss, merge_base_loss=decision.current_loss if decision else None,
             merged_loss=decision.merged_loss if decision else None, single_loss=decision.single_loss if decision else None,
@@ -137,10 +153,17 @@ class Validator:
         )
         report_digest = self.store.put(report.model_dump_json().encode("utf-8"))
         block = self.chain.commit(self.keypair, encode_result(sha256, report_digest, r))
+        self.observer.reached("after_publish")
         if block > self.job.schedule.round_end(r):
             log.warning("round %d: result landed in block %d, after the round's end %d; it will not count for the next base",
                         r, block, self.job.schedule.round_end(r))
         return report, report_digest
+
+    def published(self, r: int) -> ResultPayload | None:
+        """This validator's result for round r on chain, if one landed (before a restart)."""
+        latest = self.chain.commitment(self.hotkey)
+        payload = decode_result(latest.data) if latest is not None else None
+        return payload if isinstance(payload, ResultPayload) and payload.round == r else None
 
     def _rate(self, r: int, judgement: RoundJudgement) -> None:
         graph = self.chain.metagraph()
@@ -171,6 +194,9 @@ class Validator:
         for hotkey, score in round_scores(judgement.verdicts, judgement.copies).items():
             obs.metric("moeforge_validator_score").labels(miner=hotkey).set(score)
         obs.metric("moeforge_validator_merges_total").labels(choice=report.choice).inc()
+        for validator, detail in judgement.disagreements.items():
+            obs.metric("moeforge_validator_disagreements_total").labels(validator=validator).inc()
+            obs.event("disagreement", f"round {r}: validator {validator} disagrees: {detail}", round=r, validator=validator, detail=detail)
         if report.merge_base_loss is not None:
             obs.metric("moeforge_validator_heldout_loss").labels(state="current").set(report.merge_base_loss)
             obs.metric("moeforge_validator_heldout_loss").labels(state="adopted").set(report.adopted_loss)
@@ -211,7 +237,8 @@ def run_validator(validator: Validator, *, poll_s: float = 0.25) -> None:
     validator.observer.event("started", f"validating job {job.job_id} from round {validator.next_round} of {job.rounds}",
                              job=job.job_id, first_round=validator.next_round)
     for r in range(validator.next_round, job.rounds):
-        if chain.block() > schedule.round_end(r):
+        validator.observer.round = r
+        if chain.block() > schedule.round_end(r) and validator.published(r) is None:  # published: finish it below
             validator.skip(r, f"the chain is at block {chain.block()}, past the round's end {schedule.round_end(r)}")
             continue
         seed = schedule.seed_block(r)

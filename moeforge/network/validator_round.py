@@ -8,9 +8,16 @@ DESIGN.md "The network", steps 5–6, in the order they run:
    disjoint merge sample, the same for every validator with the same held-out split.
 3. `fetch_submission`: size-limited download, strict signed unpack (`transport.unpack`), then
    `check_delta` (exactly the assigned slices, shapes, dtypes, finite, norm bound, non-zero).
-4. `find_copies` (the earlier commitment wins), then `score_deltas` on the scoring sample: the
+4. `find_replays` against the deltas this validator accepted in earlier rounds and the update the
+   last round adopted (by tensor content, so a re-signed replay with a new digest is caught), then
+   `find_copies` (the earlier commitment wins), then `score_deltas` on the scoring sample: the
    model holds the current state and each delta is swapped in and out in place.
 5. `merge` the top-k, then `choose_state` on the merge sample.
+
+Before all that, `audit_previous` compares the states other validators published for the
+previous round with this validator's own: a different state from the same base and seed is a
+disagreement, recorded in the round report (the stake-backed base already out-votes a
+low-stake validator; the flag says who to look at).
 
 Nothing here writes to the chain or the store; `validator.py` publishes what `judge_round` returns.
 A submission whose handling raises an unexpected error is logged with its traceback and recorded
@@ -21,11 +28,14 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
+
 from moeforge.chain.protocol import Chain
 from moeforge.data.packing import Packed
 from moeforge.errors import ArtifactNotFound, PayloadError, StoreError
 from moeforge.model.slices import ExpertSlice
 from moeforge.network.checks import (
+    Earlier,
     Reject,
     Revealed,
     Submission,
@@ -35,6 +45,7 @@ from moeforge.network.checks import (
     delta_slice,
     expected_layout,
     find_copies,
+    find_replays,
     relative_norm_bound,
 )
 from moeforge.network.commitment import CommitPayload, RevealPayload, decode_commitment, decode_reveal
@@ -44,7 +55,8 @@ from moeforge.network.merge import MergeDecision, choose_state, merge
 from moeforge.network.observe import Observer
 from moeforge.network.scoring import Batch, score_deltas
 from moeforge.network.shards import eval_samples, rows_to_batches
-from moeforge.network.state import state_limits
+from moeforge.network.safetensors_header import Limits
+from moeforge.network.state import base_state, fetch_state, read_report, round_results, state_limits
 from moeforge.network.transport import unpack
 from moeforge.store.protocol import Store
 
@@ -60,6 +72,8 @@ class RoundJudgement:
     verdicts: dict[str, Verdict]  # hotkey → verdict, for every submission judged
     entries: list[VerdictEntry]  # the same, with digests and commit blocks, in commit order
     copies: dict[str, str]  # copier → original
+    replays: dict[str, str]  # replayer → what it repeats
+    disagreements: dict[str, str]  # validator hotkey → how its previous-round state differs from this validator's
     accepted: list[str]  # the merge cohort, best first
     digests: dict[str, str]  # hotkey → revealed digest, for submissions that were fetched
     errors: dict[str, str] = field(default_factory=dict)  # hotkey → unexpected error while judging it
@@ -84,14 +98,19 @@ def judge_round(
     score_batches, merge_batches = eval_batches(chain, job, round, heldout)
     with observer.phase("read_chain", timings):
         found = read_submissions(chain, job, round, exclude={self_hotkey})
+        disagreements = audit_previous(chain, store, job, round, self_hotkey)
     verdicts: dict[str, Verdict] = {h: v for h, v in found.items() if isinstance(v, Verdict)}
     revealed = sorted((v for v in found.values() if isinstance(v, Revealed)), key=lambda s: (s.commit_block, s.commitment))
     with observer.phase("fetch_check", timings):
         submissions, refused, errors = fetch_all(store, revealed, job=job, round=round, current=current, observer=observer)
     verdicts.update(refused)
-    copies = find_copies(submissions, earlier_digests=earlier_digests)
-    verdicts.update({c: Verdict(c, Reject.COPY, f"a copy of {o}'s submission (the earlier commitment wins)") for c, o in copies.items()})
-    deltas = {s.hotkey: delta_slice(s.tensors, current) for s in submissions if s.hotkey not in copies}  # in commit order
+    with observer.phase("copies", timings):
+        earlier = earlier_deltas(chain, store, job, round, current, earlier_digests)
+        replays = find_replays(submissions, earlier)
+        verdicts.update({h: Verdict(h, Reject.REPLAY, detail) for h, detail in replays.items()})
+        copies = find_copies([s for s in submissions if s.hotkey not in replays])
+        verdicts.update({c: Verdict(c, Reject.COPY, f"a copy of {o}'s submission (the earlier commitment wins)") for c, o in copies.items()})
+    deltas = {s.hotkey: delta_slice(s.tensors, current) for s in submissions if s.hotkey not in copies and s.hotkey not in replays}
     with observer.phase("score", timings):
         scored = score_deltas(model, current, deltas, score_batches, noise_floor=job.noise_floor,
                               batch_size=job.eval_batch_rows) if deltas else {}
@@ -103,7 +122,8 @@ def judge_round(
     entries = [VerdictEntry.of(verdicts[h], digests.get(h), blocks.get(h)) for h in sorted(verdicts, key=lambda h: (blocks.get(h, 1 << 62), h))]
     base_losses = [v.base_loss for v in scored.values() if v.base_loss is not None]
     return RoundJudgement(
-        state=state, decision=decision, verdicts=verdicts, entries=entries, copies=copies, accepted=accepted,
+        state=state, decision=decision, verdicts=verdicts, entries=entries, copies=copies, replays=replays,
+        disagreements=disagreements, accepted=accepted,
         digests=digests, errors=errors, score_base_loss=base_losses[0] if base_losses else None,
     )
 
@@ -139,6 +159,83 @@ def merge_round(model, current: ExpertSlice, deltas: Mapping[str, ExpertSlice], 
     return state, decision, sorted(candidate.coefficients, key=lambda h: -scored[h].score)
 
 
+def earlier_deltas(chain: Chain, store: Store, job: JobSpec, round: int, current: ExpertSlice,
+                   accepted_digests: Mapping[str, str]) -> list[Earlier]:
+    """What a round-`round` submission must not repeat: the deltas accepted in earlier rounds
+    (`accepted_digests`: store address → miner) and the update the round before adopted."""
+    limits = Limits(max_total_bytes=state_limits(current).max_total_bytes)
+    out = []
+    for digest, hotkey in sorted(accepted_digests.items()):
+        try:
+            envelope, tensors = unpack(store.get(digest), limits=limits, expect_job=job.job_id, expect_kind="delta")
+        except (ArtifactNotFound, StoreError, PayloadError) as exc:
+            log.warning("round %d: earlier accepted delta %s… by %s is unreadable, not checked for replays: %s", round, digest[:12], hotkey, exc)
+            continue
+        out.append(Earlier(f"round {envelope.round}'s accepted delta by {hotkey}", hotkey, tensors, envelope.payload_sha256))
+    try:
+        update = adopted_update(chain, store, job, round, current)
+    except (ArtifactNotFound, StoreError, PayloadError) as exc:  # the base itself was readable; an older state need not be
+        log.warning("round %d: the previous round's adopted update is unreadable, not checked for replays: %s", round, exc)
+        update = None
+    if update is not None:
+        out.append(update)
+    return out
+
+
+def adopted_update(chain: Chain, store: Store, job: JobSpec, round: int, current: ExpertSlice) -> Earlier | None:
+    """The update the round that produced `current` adopted (its state − its base), if it changed anything."""
+    ref = base_state(chain, store, job, round)
+    if ref.round < 0:
+        return None
+    before_ref = base_state(chain, store, job, ref.round)
+    if before_ref.sha256 == ref.sha256:
+        return None
+    before = fetch_state(store, before_ref, job=job, reference=current).state_dict()
+    update = {}
+    for key, now in current.state_dict().items():
+        dtype = torch.float64 if now.dtype == torch.float32 else torch.float32  # the dtype a delta has (expected_layout)
+        update[key] = now.to(torch.float64).sub(before[key].to(torch.float64)).to(dtype)
+    return Earlier(f"round {ref.round}'s adopted update", None, update)
+
+
+def audit_previous(chain: Chain, store: Store, job: JobSpec, round: int, self_hotkey: str) -> dict[str, str]:
+    """{validator: detail} for each validator whose round − 1 state differs from this one's for the same inputs.
+
+    Same inputs: the same base state and seed (both in the reports). A validator whose report
+    cannot be read is flagged too; one that started from another base is only logged.
+    """
+    if round == 0:
+        return {}
+    previous = round - 1
+    results = round_results(chain, job, previous)
+    mine = results.results.get(self_hotkey)
+    if mine is None:
+        return {}
+    try:
+        my_report = read_report(store, mine.report)
+    except (PayloadError, ArtifactNotFound, StoreError) as exc:
+        log.warning("round %d: cannot read this validator's own round %d report, so cannot audit others: %s", round, previous, exc)
+        return {}
+    flagged = {}
+    for hotkey, result in sorted(results.results.items()):
+        if hotkey == self_hotkey or result.state_sha256 == mine.state_sha256:
+            continue
+        try:
+            theirs = read_report(store, result.report)
+        except (PayloadError, ArtifactNotFound, StoreError) as exc:
+            flagged[hotkey] = f"round {previous}: published state {result.state_sha256[:12]}… with an unreadable report ({exc})"
+            continue
+        if theirs.base_sha256 != my_report.base_sha256 or theirs.seed != my_report.seed:
+            log.info("round %d: %s judged from another base or seed; its state is not compared", previous, hotkey)
+            continue
+        flagged[hotkey] = (
+            f"round {previous}: published state {result.state_sha256[:12]}… (stake {results.stake[hotkey]:g}) from the same base "
+            f"{my_report.base_sha256[:12]}… and seed, where this validator computed {mine.state_sha256[:12]}…"
+        )
+        log.warning("round %d: validator %s disagrees: %s", round, hotkey, flagged[hotkey])
+    return flagged
+
+
 def eval_batches(chain: Chain, job: JobSpec, round: int, heldout: Packed) -> tuple[list[Batch], list[Batch]]:
     """(scoring batches, merge batches) drawn with the seed block's hash; disjoint held-out rows."""
     seed = chain.block_hash(job.schedule.seed_block(round))
@@ -164,6 +261,10 @@ def read_submissions(chain: Chain, job: JobSpec, round: int, *, exclude: set[str
         commit = _for_round(committed.get(hotkey), decode_commitment, CommitPayload, round)
         commit = commit or _for_round(latest.get(hotkey), decode_commitment, CommitPayload, round)
         reveal = _for_round(latest.get(hotkey), decode_reveal, RevealPayload, round)
+        if commit is None and reveal is not None:  # a late commitment, hidden by the reveal that followed it
+            commit = _for_round(chain.commitment(hotkey, at_block=reveal[1] - 1), decode_commitment, CommitPayload, round)
+        if reveal is None and commit is not None:  # a reveal after the deadline is named as late, not as missing
+            reveal = _for_round(chain.commitment(hotkey), decode_reveal, RevealPayload, round)
         if commit is not None or reveal is not None:
             out[hotkey] = check_reveal(hotkey, round, schedule, commit=commit, reveal=reveal)
     return out
@@ -184,20 +285,26 @@ def fetch_submission(
     except StoreError as exc:
         return Verdict(hotkey, Reject.MALFORMED, f"revealed object {rev.digest[:16]}… is unreadable: {exc}")
     try:
-        _, tensors = unpack(data, expect_hotkey=hotkey, expect_job=job.job_id, expect_round=round, expect_kind="delta")
+        envelope, tensors = unpack(data, limits=Limits(max_total_bytes=max_bytes), expect_hotkey=hotkey, expect_job=job.job_id,
+                                   expect_round=round, expect_kind="delta")
     except PayloadError as exc:
         return Verdict(hotkey, _payload_reject(str(exc)), str(exc))
     refused = check_delta(tensors, layout, norm_bound=norm_bound, hotkey=hotkey)
     if refused is not None:
         return refused
-    return Submission(hotkey=hotkey, commit_block=rev.commit_block, commitment=rev.commitment, digest=rev.digest, tensors=tensors)
+    return Submission(hotkey=hotkey, commit_block=rev.commit_block, commitment=rev.commitment, digest=rev.digest, tensors=tensors,
+                      content_sha256=envelope.payload_sha256)
 
 
 def _payload_reject(message: str) -> Reject:
     if "signature does not verify" in message or "signed by hotkey" in message:
         return Reject.BAD_SIGNATURE
+    if "not safetensors" in message or "not a safetensors payload" in message:  # a pickle, zip or garbage, whatever its length field claims
+        return Reject.MALFORMED
     if "over the limit" in message:
         return Reject.TOO_LARGE
+    if "tensors and slots disagree" in message:  # a key outside the routed experts, or a slot the header hides
+        return Reject.WRONG_KEYS
     return Reject.MALFORMED
 
 

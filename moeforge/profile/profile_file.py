@@ -7,14 +7,14 @@ from travel with them, so profiles can be merged or re-normalised later. On disk
 named by the base model's fingerprint; a profile of another base is refused on load.
 """
 
-import json
 import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from moeforge.errors import ArtifactNotFound, ConfigError, DataError, ModelError
+from moeforge.errors import ConfigError, DataError, ModelError
+from moeforge.json_file import read_json_model
 from moeforge.profile.layer_json import write_layer_json
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,6 @@ Score = Literal["token", "gate", "saliency"]
 SCORES: tuple[str, ...] = ("token", "gate", "saliency")
 
 Vector = tuple[float, ...]  # one value per routed expert of a layer
-_MAX_LISTED = 6  # problems of a bad file named one by one
 
 
 class RoutingProfile(BaseModel):
@@ -97,18 +96,8 @@ def save_profile(profile: RoutingProfile, path: str | Path) -> Path:
 def load_profile(path: str | Path, *, expect_fingerprint: str | None = None) -> RoutingProfile:
     """Read a profile; a bad file is a DataError naming it, another base model a ModelError."""
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactNotFound(
-            f"{path}: no such routing profile. Make one with `moeforge profile MODEL DATA --out DIR`."
-        )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a JSON routing profile ({exc}). Re-run `moeforge profile`.") from exc
-    try:
-        profile = RoutingProfile.model_validate(raw)
-    except ValidationError as exc:
-        raise DataError(f"{path}: not a valid routing profile: {_problems(exc)}. Re-run `moeforge profile`.") from None
+    profile = read_json_model(path, RoutingProfile, what="routing profile", error=DataError,
+                              fix="Make one with `moeforge profile MODEL DATA --out DIR`.")
     if expect_fingerprint is not None and profile.base_fingerprint != expect_fingerprint:
         raise ModelError(
             f"{path}: this profile was made on base model {profile.base_fingerprint[:12]}…, but the model "
@@ -116,13 +105,3 @@ def load_profile(path: str | Path, *, expect_fingerprint: str | None = None) -> 
         )
     return profile
 
-
-def _problems(exc: ValidationError) -> str:
-    """The problems pydantic found, each with the key it is at (the first few, then a count)."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    more = f"; … and {len(parts) - _MAX_LISTED} more" if len(parts) > _MAX_LISTED else ""
-    return "; ".join(parts[:_MAX_LISTED]) + more

@@ -9,16 +9,16 @@ of the same size per layer (the paper's control), and a coverage selection, the 
 that hold a given share of the routing mass (to size a deployment or a miner's subset).
 """
 
-import json
 import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from moeforge.errors import ArtifactNotFound, ConfigError, ModelError
+from moeforge.errors import ConfigError, ModelError
+from moeforge.json_file import read_json_model
 from moeforge.model.experts import ExpertSlot
 from moeforge.model.families import moe_layers
 from moeforge.profile.layer_json import write_layer_json
@@ -186,22 +186,8 @@ def save_expert_config(config: ExpertConfig, path: str | Path) -> Path:
 
 def load_expert_config(path: str | Path) -> ExpertConfig:
     """Read an expert config; a file that is not one is a ConfigError naming it and the bad keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactNotFound(f"{path}: no such expert config. Make one with `moeforge select PROFILE --out FILE`.")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a JSON expert config ({exc}).") from exc
-    try:
-        return ExpertConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'file'}: {str(e['msg']).removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise ConfigError(f"{path}: not a valid expert config: {problems}. Re-run `moeforge select`.") from None
-
+    return read_json_model(path, ExpertConfig, what="expert config",
+                           fix="Make one with `moeforge select PROFILE --out FILE`.")
 
 def _from_profile(profile: RoutingProfile, experts: dict, *, method: str, score: str, p: float) -> ExpertConfig:
     return ExpertConfig(

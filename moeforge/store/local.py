@@ -16,7 +16,7 @@ from os import PathLike
 from pathlib import Path
 from typing import BinaryIO
 
-from moeforge.errors import ArtifactNotFound, StoreError
+from moeforge.errors import ArtifactNotFound, ConfigError, StoreError
 from moeforge.store.protocol import (
     CHUNK_BYTES,
     DEFAULT_MAX_OBJECT_BYTES,
@@ -40,6 +40,9 @@ class LocalStore:
 
     def __init__(self, root: str | PathLike[str], *, max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES):
         self.root = Path(root).expanduser().absolute()
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"store {self.root}: is a file, not a store folder. Pass a folder (file:///absolute/folder), "
+                              "or move the file.")
         self.url = self.root.as_uri()
         self.max_object_bytes = max_object_bytes
 

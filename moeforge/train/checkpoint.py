@@ -86,7 +86,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     try:
         progress = Progress.model_validate_json((directory / PROGRESS_FILE).read_text())
         tensors = load_file(directory / TENSORS_FILE)
-    except (OSError, ValidationError, SafetensorError) as exc:
+    except (OSError, UnicodeDecodeError, ValidationError, SafetensorError) as exc:
         raise DataError(
             f"{directory}: unreadable training checkpoint ({exc}). Delete it to start over, or resume=False."
         ) from exc

@@ -96,7 +96,7 @@ def test_bad_options_are_all_named(checkpoint):
     assert "--batch-size 0: Input should be greater" in result.stderr and "--gsm8k-limit" in result.stderr
     result = runner.invoke(app, ["eval", str(checkpoint), "--seq-len", "512", "--max-tokens", "100"])
     assert result.exit_code == 1
-    assert "max_tokens=100 is below seq_len=512" in result.stderr
+    assert "--max-tokens=100 is below --seq-len=512" in result.stderr
 
 
 def test_a_file_without_the_named_field_is_named(checkpoint, taught_file):

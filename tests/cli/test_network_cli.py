@@ -52,7 +52,7 @@ def test_owner_with_a_config_that_is_not_json_is_refused(tmp_path, small_testbed
     bad = tmp_path / "request.json"
     bad.write_text("rounds: 3")
     _refused(["owner", "publish", "--wallet", "someone", "--model", str(small_testbed[1]), "--salt", "s",
-              "--config", str(bad)], "--config", "not JSON")
+              "--config", str(bad)], "--config", "not a JSON job request")
 
 
 def test_owner_with_a_config_field_that_does_not_exist_names_it(tmp_path, small_testbed):

@@ -7,7 +7,8 @@ from moeforge.data.packing import Packed
 from moeforge.model.experts import ExpertSlot
 from moeforge.model.slices import ExpertSlice, extract_slice, make_delta
 from moeforge.network.checks import (
-    Reject, Revealed, Submission, Verdict, check_delta, check_reveal, delta_slice, expected_layout, find_copies,
+    Earlier, Reject, Revealed, Submission, Verdict, check_delta, check_reveal, delta_slice, expected_layout, find_copies,
+    find_replays,
     relative_norm_bound,
 )
 from moeforge.network.commitment import commitment, encode_commitment, encode_reveal
@@ -184,6 +185,17 @@ def test_a_same_block_tie_is_broken_by_the_lower_commitment_hash(current):
 def test_a_replay_of_an_earlier_rounds_accepted_delta_is_flagged(current):
     old = _sub("5Replayer", 10, _noise(current, seed=4), digest="ab" * 32)
     assert find_copies([old], earlier_digests={"ab" * 32: "5FirstWinner"}) == {"5Replayer": "5FirstWinner"}
+
+
+def test_a_re_signed_or_rescaled_replay_is_caught_by_its_tensors_not_its_digest(current):
+    old = _noise(current, seed=5)
+    earlier = [Earlier("round 0's accepted delta by 5Winner", "5Winner", old, "cd" * 32)]
+    resigned = _sub("5Resigned", 30, {k: t.clone() for k, t in old.items()})  # a new digest
+    resigned = Submission(**{**resigned.__dict__, "content_sha256": "cd" * 32})
+    subs = [resigned, _sub("5Scaled", 30, {k: 2 * t for k, t in old.items()}), _sub("5Fresh", 30, _noise(current, seed=6))]
+    replays = find_replays(subs, earlier)
+    assert set(replays) == {"5Resigned", "5Scaled"}
+    assert "content sha256" in replays["5Resigned"] and "5Winner" in replays["5Scaled"]
 
 
 def _packed(seed: int) -> Packed:

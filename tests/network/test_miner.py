@@ -58,3 +58,54 @@ def test_a_miner_refuses_an_unknown_mode_and_an_unregistered_hotkey(tmp_path):
         Miner(chain=chain, store=LocalStore(tmp_path / "s"), keypair=MINER, job=JOB, mode="turbo")
     with pytest.raises(ChainError, match="not registered"):
         Miner(chain=chain, store=LocalStore(tmp_path / "s"), keypair=MINER, job=JOB)
+
+
+def _signed(r: int = 0, value: float = 0.5):
+    """A real signed delta payload over one expert tensor, as `prepare` would pack it."""
+    import torch
+
+    from moeforge.network.transport import pack
+
+    data = pack({"model.layers.1.mlp.experts.0.down_proj.weight": torch.full((2, 2), value)}, keypair=MINER, job=JOB.job_id,
+                round=r, kind="delta")
+    return Prepared(r, data, sha256_hex(data), None, None, 1.0)
+
+
+def test_a_miner_killed_after_committing_reveals_the_very_bytes_it_committed_to(miner, tmp_path):
+    from moeforge.network.miner import take_part
+
+    miner.chain.step(12)
+    prepared = _signed()
+    assert miner.commit(prepared) and (tmp_path / "miner" / "pending" / "0.delta").read_bytes() == prepared.data
+    restarted = Miner(chain=miner.chain, store=miner.store, keypair=MINER, job=JOB, run_dir=tmp_path / "miner")
+    miner.chain.step(15 - miner.chain.block())  # the commit deadline
+    take_part(restarted, 0, poll_s=0.01)  # a fresh process: no training, the kept delta
+    assert decode_reveal(miner.chain.commitment(MINER.ss58_address).data).digest == prepared.digest
+    assert miner.store.get(prepared.digest) == prepared.data and not (tmp_path / "miner" / "pending" / "0.delta").exists()
+    assert [e["event"] for e in read_events(tmp_path / "miner")][-2:] == ["resumed", "revealed"]
+
+
+def test_a_miner_never_reveals_bytes_other_than_the_ones_on_chain(miner, tmp_path):
+    from moeforge.network.miner import take_part
+    from moeforge.network.persist import write_atomic_bytes
+
+    miner.chain.step(12)
+    assert miner.commit(_signed())
+    write_atomic_bytes(tmp_path / "miner" / "pending" / "0.delta", _signed(value=0.25).data)  # not what it committed to
+    miner.chain.step(15 - miner.chain.block())
+    take_part(miner, 0, poll_s=0.01)
+    assert decode_commitment(miner.chain.commitment(MINER.ss58_address).data).round == 0  # still the commitment
+    assert [e["event"] for e in read_events(tmp_path / "miner")][-1] == "skipped"
+    assert list(miner.store.digests()) == []
+
+
+def test_a_miner_restarted_too_late_to_reveal_gives_the_round_up_without_revealing(miner, tmp_path):
+    from moeforge.network.miner import take_part
+
+    miner.chain.step(12)
+    prepared = _signed()
+    assert miner.commit(prepared)
+    miner.chain.step(17 - miner.chain.block())  # the reveal deadline: a reveal now would land too late
+    take_part(miner, 0, poll_s=0.01)
+    assert [e["event"] for e in read_events(tmp_path / "miner")][-1] == "skipped"
+    assert not miner.store.exists(prepared.digest) and not (tmp_path / "miner" / "pending" / "0.delta").exists()

@@ -1,0 +1,211 @@
+"""Benchmark: every attack of `moeforge.network.adversary` against an in-process network, T trials each.
+
+Per trial (its own salt, so its own splits, shards and eval seeds): a two-round job on the small
+testbed with two honest miners, one adversary per attack class (a sybil group of three), an
+honest validator (stake 100) and a dishonest one (stake 50) that publishes a wrong merged state;
+plus a one-round job with a loose norm bound for the NaN-batch exploit. Counts, per attack class,
+submissions judged, merged (in any adopted state's contributions) and rewarded (a positive weight
+from any validator); the honest miners' share of all weights set; the validator's extra cost of the
+checks per submission (fetch + unpack + checks + copy/replay detection, against scoring); and the
+fault-injection trials of `bench/faults.py` when it exists. Prints a table and writes
+bench/results/attacks.json.
+
+    .venv/bin/python bench/attacks.py [--trials 3] [--seed 0] [--out bench/results/attacks.json]
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from moeforge.data.corpora import load_corpus
+from moeforge.network.adversary import ATTACKS, DishonestValidator, adversaries
+from moeforge.network.inprocess import InProcessNetwork
+from moeforge.network.owner import JobRequest
+from moeforge.network.state import base_state
+from moeforge.store.local import LocalStore
+from moeforge.testbed.build import build_testbed
+from moeforge.testbed.config import preset
+from moeforge.train.config import TrainConfig
+from moeforge.versions import software_versions
+
+RESULTS = Path(__file__).parent / "results" / "attacks.json"
+ROUNDS = 2
+RECORDS = 600
+WRONG_STATE = "wrong_state_validator"
+
+
+def job_request(model_dir: Path, **overrides) -> JobRequest:
+    fields = dict(
+        job_id="maths-attacks", base_model=str(model_dir), domain="math", heldout=0.2, rounds=ROUNDS, inner_steps=10,
+        train=TrainConfig(lr=1e-2, batch_size=8, warmup_steps=1, weight_decay=0.0, checkpoint_every=0),
+        profile_tokens=4096, score_rows=16, merge_rows=16, eval_batch_rows=8, report_rows=32,
+        train_blocks=6, commit_blocks=3, reveal_blocks=4, score_blocks=4, start_delay_blocks=2,
+    )
+    return JobRequest(**{**fields, **overrides})
+
+
+def _network(run: Path, request: JobRequest, records, salt: str, names, stakes, seed: int) -> InProcessNetwork:
+    net = InProcessNetwork.create(run, LocalStore(run / "store"), request, records, salt, miner_modes=["full", "full"],
+                                  validator_stakes=stakes)
+    net.publish()
+    adversaries(net, names, victim=net.miners[0].hotkey, seed=seed)
+    return net
+
+
+def _weights(net) -> tuple[dict[str, float], float]:
+    """(hotkey → the largest weight any validator set on it, the sum of every weight row set)."""
+    uid = {n.hotkey: n.uid for n in net.chain.metagraph().neurons}
+    best, total = {}, 0.0
+    for row in net.chain.weights().values():
+        total += sum(row.values())
+        for hotkey, u in uid.items():
+            best[hotkey] = max(best.get(hotkey, 0.0), row.get(u, 0.0))
+    return best, total
+
+
+def _honest_weight(net) -> float:
+    uid = {n.hotkey: n.uid for n in net.chain.metagraph().neurons}
+    return sum(row.get(uid[m.hotkey], 0.0) for row in net.chain.weights().values() for m in net.miners[:2])
+
+
+def _tally(net, record, table: dict, cost: dict) -> None:
+    honest_validator = net.validators[0].hotkey
+    weights, _ = _weights(net)
+    merged_by = {h for entry in record.rounds for h in entry.contributions} if record else set()
+    for r, reports in net.reports.items():
+        report = reports[honest_validator]
+        merged_by |= set(report.contributions)
+        n_revealed = sum(v.digest is not None for v in report.verdicts)
+        n_scored = sum(v.score is not None or v.reject in ("no_improvement", "non_finite_loss") for v in report.verdicts)
+        cost["check_s"] += report.timings.get("fetch_check", 0.0) + report.timings.get("copies", 0.0)
+        cost["submissions"] += n_revealed
+        cost["score_s"] += report.timings.get("score", 0.0)
+        cost["scored"] += n_scored
+    for miner in net.miners[2:]:
+        row = table.setdefault(miner.attack.name, {"trials": 0, "submissions": 0, "merged": 0, "rewarded": 0, "reasons": {}})
+        for r, reports in net.reports.items():
+            entry = next((v for v in reports[honest_validator].verdicts if v.hotkey == miner.hotkey), None)
+            if entry is not None:
+                row["submissions"] += 1
+                reason = entry.reject or "accepted"
+                row["reasons"][reason] = row["reasons"].get(reason, 0) + 1
+        row["merged"] += miner.hotkey in merged_by
+        row["rewarded"] += weights.get(miner.hotkey, 0.0) > 0
+
+
+def run_trials(trials: int, seed: int, model_dir: Path, records, work: Path) -> dict:
+    names = [n for n in ATTACKS if n != "nan_batches"]
+    table: dict[str, dict] = {}
+    cost = {"check_s": 0.0, "submissions": 0, "score_s": 0.0, "scored": 0}
+    honest_w = total_w = 0.0
+    wrong = {"trials": 0, "submissions": 0, "merged": 0, "rewarded": 0, "flagged": 0}
+    for t in range(trials):
+        s = seed + t
+        salt = f"attacks-{s}"
+        start = time.perf_counter()
+        net = _network(work / f"trial-{s}", job_request(model_dir), records, salt, names + ["nan_batches"], [100.0, 50.0], s)
+        net.validators[1] = DishonestValidator(net.validators[1], seed=s)
+        for r in range(ROUNDS):
+            net.run_round(r)
+        record = net.finish()
+        _tally(net, record, table, cost)
+        honest_w += _honest_weight(net)
+        total_w += _weights(net)[1]
+        dishonest = net.validators[1]
+        wrong["trials"] += 1
+        for r in range(ROUNDS):
+            wrong["submissions"] += 1
+            wrong["merged"] += base_state(net.chain, net.store, net.owner.job, r + 1).sha256 == dishonest.published[r]
+        wrong["flagged"] += dishonest.hotkey in net.reports[1][net.validators[0].hotkey].disagreements
+        loose = _network(work / f"loose-{s}", job_request(model_dir, rounds=1, norm_bound=1e40), records, salt, ["nan_batches"], [100.0], s)
+        loose.run_round(0)
+        _tally(loose, None, table, cost)
+        honest_w += _honest_weight(loose)
+        total_w += _weights(loose)[1]
+        for row in table.values():
+            row["trials"] = t + 1
+        print(f"trial {t + 1}/{trials} (seed {s}): {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    table[WRONG_STATE] = wrong
+    per_check = cost["check_s"] / max(1, cost["submissions"])
+    per_score = cost["score_s"] / max(1, cost["scored"])
+    return {
+        "attacks": table,
+        "honest_reward_share": honest_w / total_w if total_w else None,
+        "check_cost": {
+            "check_s_per_submission": per_check, "score_s_per_scored_submission": per_score,
+            "ratio": per_check / per_score if per_score else None,
+            "what": "honest validator's fetch + unpack + checks + copy/replay detection per revealed submission, "
+                    "against Proof-of-Loss scoring per scored submission",
+        },
+    }
+
+
+def fault_columns(trials: int, seed: int) -> dict:
+    """bench/faults.py's fault-injection trials, when that bench exists; else nulls."""
+    path = Path(__file__).parent / "faults.py"
+    if not path.is_file():
+        return {"fault_trials": None, "fault_trials_survived": None, "faults": None,
+                "faults_note": "bench/faults.py does not exist yet"}
+    spec = importlib.util.spec_from_file_location("bench_faults", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    got = module.run_fault_trials(trials=trials, seed=seed)
+    return {"fault_trials": got["fault_trials"], "fault_trials_survived": got["fault_trials_survived"], "faults": got.get("faults")}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--testbed", type=Path, default=None, help="small testbed directory (default: the moeforge cache)")
+    parser.add_argument("--no-faults", action="store_true", help="leave the fault-injection columns null")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)
+    cfg = preset("small")
+    home = Path(os.environ.get("MOEFORGE_HOME") or Path.home() / ".cache" / "moeforge")
+    model_dir = args.testbed or home / "testbed" / f"small-{cfg.key()}"
+    build_testbed(cfg, model_dir)
+    records = list(load_corpus("math", "train")[:RECORDS])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="moeforge-attacks-") as work:
+        result = run_trials(args.trials, args.seed, model_dir, records, Path(work))
+    result.update(fault_columns(args.trials, args.seed) if not args.no_faults else
+                  {"fault_trials": None, "fault_trials_survived": None, "faults": None, "faults_note": "--no-faults"})
+    result.update({
+        "trials": args.trials, "seed": args.seed, "rounds": ROUNDS, "seconds": round(time.perf_counter() - start, 1),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+        "versions": software_versions(),
+    })
+    _print(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+def _print(result: dict) -> None:
+    print(f"{'attack class':24s} {'trials':>6s} {'judged':>6s} {'merged':>6s} {'rewarded':>8s}  reasons")
+    for name, row in result["attacks"].items():
+        reasons = row.get("reasons") or ({"flagged": row["flagged"]} if "flagged" in row else {})
+        print(f"{name:24s} {row['trials']:6d} {row['submissions']:6d} {row['merged']:6d} {row['rewarded']:8d}  "
+              + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    share = result["honest_reward_share"]
+    print(f"honest miners' share of rewards: {share:.3f}" if share is not None else "honest miners' share of rewards: n/a")
+    c = result["check_cost"]
+    print(f"checks per submission {c['check_s_per_submission'] * 1e3:.1f} ms vs scoring {c['score_s_per_scored_submission'] * 1e3:.1f} ms"
+          + (f" (ratio {c['ratio']:.3f})" if c["ratio"] is not None else ""))
+    print(f"fault-injection trials survived: {result['fault_trials_survived']} of {result['fault_trials']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Smoke test of bench/attacks.py: one trial, every attack class refused, nothing merged or paid, JSON written."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BENCH = Path(__file__).parents[2] / "bench" / "attacks.py"
+
+
+def test_one_quick_trial_merges_and_pays_no_adversary_and_writes_the_json(tmp_path, small_testbed):
+    spec = importlib.util.spec_from_file_location("bench_attacks", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "attacks.json"
+    bench.main(["--trials", "1", "--out", str(out), "--testbed", str(small_testbed[1]), "--no-faults"])
+    result = json.loads(out.read_text())
+    assert set(result["attacks"]) >= {"nan", "copy_noise", "replay", "sybil", "pickle", bench.WRONG_STATE}
+    for name, row in result["attacks"].items():
+        assert row["trials"] == 1 and row["submissions"] >= 1, name
+        assert row["merged"] == 0 and row["rewarded"] == 0, (name, row)
+    assert 0.99 <= result["honest_reward_share"] <= 1.0
+    assert result["attacks"][bench.WRONG_STATE]["flagged"] == 1
+    assert result["check_cost"]["check_s_per_submission"] > 0 and result["fault_trials"] is None
