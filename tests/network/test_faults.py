@@ -116,7 +116,7 @@ def fault_request(job_request):
     and judge the round again before it ends)."""
     return job_request.model_copy(update={
         "job_id": "maths-faults", "domain": "maths.jsonl", "rounds": ROUNDS, "block_seconds": 1.0, "train_blocks": 8,
-        "commit_blocks": 2, "reveal_blocks": 3, "score_blocks": 12, "start_delay_blocks": 4,
+        "commit_blocks": 2, "reveal_blocks": 3, "score_blocks": 12, "start_delay_blocks": 10,
     })
 
 
