@@ -70,11 +70,11 @@ class JobRequest(BaseModel):
     profile_tokens: int = Field(32_768, ge=1)
     rounds: int = Field(3, ge=1)
     block_seconds: float = Field(1.0, gt=0)  # the chain's block time the schedule is sized for
-    start_delay_blocks: int = Field(5, ge=1)  # blocks between publishing and round 0, for roles to start
+    start_delay_blocks: int = Field(10, ge=1)  # blocks between publishing and round 0, for roles to start
     train_blocks: int = Field(35, ge=1)  # 3 miners × 16 steps of the default testbed share 2 cores in ~25 s
     commit_blocks: int = Field(3, ge=1)
     reveal_blocks: int = Field(3, ge=1)
-    score_blocks: int = Field(12, ge=1)
+    score_blocks: int = Field(30, ge=1)  # 2 validators score 3 deltas of the default testbed and merge in ~12 s; room for a busy machine
     inner_steps: int = Field(16, ge=1)  # H
     train: TrainConfig = TrainConfig(lr=2e-3, batch_size=8, warmup_steps=2, weight_decay=0.0, checkpoint_every=0)
     norm_bound: float = Field(1.0, gt=0)  # × the current experts' global L2 norm
