@@ -71,7 +71,7 @@ class JobRequest(BaseModel):
     rounds: int = Field(3, ge=1)
     block_seconds: float = Field(1.0, gt=0)  # the chain's block time the schedule is sized for
     start_delay_blocks: int = Field(10, ge=1)  # blocks between publishing and round 0, for roles to start
-    train_blocks: int = Field(35, ge=1)  # 3 miners × 16 steps of the default testbed share 2 cores in ~25 s
+    train_blocks: int = Field(60, ge=1)  # 3 miners × 16 steps of the default testbed share 2 cores in ~25 s; room for a busy machine
     commit_blocks: int = Field(3, ge=1)
     reveal_blocks: int = Field(3, ge=1)
     score_blocks: int = Field(30, ge=1)  # 2 validators score 3 deltas of the default testbed and merge in ~12 s; room for a busy machine
