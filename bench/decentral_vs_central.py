@@ -12,16 +12,21 @@ miners run one after another, so the critical path as if they ran in parallel is
 the validator's cost of scoring one submission relative to one evaluation pass over the same
 batches (`scoring.scoring_cost`, median of several repeats).
 
-`--sweep` runs the tuning trials (network: inner steps × rounds at the same token budget, miner
-lr, merge top-k; central: lr), picks each side's setting by the loss on the job's validation
-split (records neither miners nor validators ever see, disjoint from GSM8K test), and reports the
-picked pair; every trial is listed in the JSON with its validation and test figures. The defaults
-are the sweep's pick. Prints a table and writes bench/results/decentral_vs_central.json.
+`--sweep` tunes each side on the loss of the job's validation split (records neither miners nor
+validators ever see, disjoint from GSM8K test; the test figures are reported, never used to
+pick), one knob at a time by a greedy line search at the same token budget: the network's miner
+lr, then inner steps H against rounds R (R × H fixed), the merge top-k, then the norm bound
+(validators refuse a delta whose norm exceeds this × the current experts' norm), loosened
+together with a proportionally larger lr; the central lr on the picked network's rows. Every
+trial is listed in the JSON. The defaults are the sweep's pick. Prints a table and writes
+bench/results/decentral_vs_central.json.
 
     .venv/bin/python bench/decentral_vs_central.py [--rounds R] [--miners 4] [--inner-steps H] [--sweep] [--quick]
 
 Torch runs single-threaded by default (`--threads`): on a shared 2-core machine two OpenMP
-threads spin-wait against other processes and train several times slower than one.
+threads spin-wait against other processes and train several times slower than one. Training is
+seeded, but the network's outcome can vary slightly between runs: validators draw their scoring
+and merge samples with the chain's block hashes, which differ from one run to the next.
 """
 
 import argparse
@@ -44,7 +49,7 @@ from moeforge.eval.general import general_perplexity
 from moeforge.extract.package import MODES
 from moeforge.model.load import load_model
 from moeforge.model.slices import apply_slice, extract_slice, remove_delta
-from moeforge.network.checks import delta_slice
+from moeforge.network.checks import delta_slice, relative_norm_bound
 from moeforge.network.inprocess import InProcessNetwork
 from moeforge.network.jobdata import decode_train_rows, pack_rows, shard, split_job
 from moeforge.network.owner import JobRequest
@@ -74,14 +79,15 @@ class NetSetting:
     inner_steps: int
     lr: float
     top_k: int
+    norm_bound: float = 1.0  # × the current experts' global L2 norm (JobRequest's default)
     warmup_steps: int = 2
 
     def label(self) -> str:
-        return f"R={self.rounds} H={self.inner_steps} lr={self.lr:g} top-k={self.top_k}"
+        return f"R={self.rounds} H={self.inner_steps} lr={self.lr:g} top-k={self.top_k} norm bound={self.norm_bound:g}"
 
 
 def line_search(trial, start, up, down) -> tuple:
-    """Greedy search along one knob: start, then up (up to 3 times, while it helps), else down likewise; the best trial.
+    """Greedy search along one knob: start, then up (up to 4 times, while it helps), else down likewise; the best trial.
 
     `trial(x)` runs (or recalls) one trial and returns it with a `loss`; `up`/`down` map a value to its
     neighbour, or to None where there is none.
@@ -89,7 +95,7 @@ def line_search(trial, start, up, down) -> tuple:
     best = trial(start)
     for step in (up, down):
         moved = False
-        for _ in range(3):
+        for _ in range(4):
             nxt = step(best["value"])
             if nxt is None:
                 break
@@ -103,9 +109,12 @@ def line_search(trial, start, up, down) -> tuple:
 
 
 def _with(s: NetSetting, field: str, value) -> dict:
-    """The change that sets `field`; fewer inner steps mean more rounds, so R × H (the token budget) stays."""
+    """The change that sets `field`. Fewer inner steps mean more rounds, so R × H (the token budget) stays; a looser
+    norm bound comes with a proportionally larger lr, the step that the tighter bound refused."""
     if field == "inner_steps":
         return {"inner_steps": value, "rounds": s.rounds * s.inner_steps // value}
+    if field == "norm_bound":
+        return {"norm_bound": value, "lr": s.lr * value / s.norm_bound}
     return {field: value}
 
 
@@ -173,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"network trial {n}: {s.label()}", flush=True)
                 run = _run_network(args, s, base_dir, records, modes, runs_root / f"network-{n}")
                 after = _evaluate_state(model, run, evaluate)
+                initial = extract_slice(model, run["job"].slots, run["job"].base_fingerprint)  # the owner's round-0 state
+                run["norm_bound_round0"] = relative_norm_bound(initial, s.norm_bound)
                 net_trials[s] = {"setting": s, "run": run, "after": after, "loss": after["validation_loss"], "stage": stage[0]}
                 print(f"  → validation {after['validation_loss']:.4f}, GSM8K test {after['domain_loss']:.4f}, "
                       f"WikiText-2 ppl {after['general_ppl']:.2f}; {run['seconds']:.0f} s", flush=True)
@@ -189,10 +200,11 @@ def main(argv: list[str] | None = None) -> dict:
 
             best_net = knob("lr", lambda v: v * 2, lambda v: v / 2)
             steps = best_net["setting"].rounds * best_net["setting"].inner_steps
-            max_rounds = 2 * args.rounds  # more rounds cost validator time per token; one halving of H at most
+            max_rounds = 4 * args.rounds  # more rounds cost validator time per token: two halvings of H at most
             best_net = knob("inner_steps", lambda h: 2 * h if steps % (2 * h) == 0 else None,
                             lambda h: h // 2 if h % 2 == 0 and steps // (h // 2) <= max_rounds else None)
             best_net = knob("top_k", lambda k: None, lambda k: k // 2 or None)
+            best_net = knob("norm_bound", lambda b: 2 * b, lambda b: None)
         job, rows_used = best_net["run"]["job"], best_net["run"]["rows_used"]
 
         def central_trial(lr: float) -> dict:
@@ -247,7 +259,7 @@ def _run_network(args, s: NetSetting, base_dir: Path, records, modes: list[str],
     request = JobRequest(
         job_id=JOB_ID, base_model=str(base_dir), domain="math", rounds=s.rounds, inner_steps=s.inner_steps,
         train=TrainConfig(lr=s.lr, batch_size=args.batch_size, warmup_steps=s.warmup_steps, weight_decay=0.0, checkpoint_every=0),
-        top_k=s.top_k, profile_tokens=args.profile_tokens, score_rows=args.score_rows, merge_rows=args.merge_rows,
+        top_k=s.top_k, norm_bound=s.norm_bound, profile_tokens=args.profile_tokens, score_rows=args.score_rows, merge_rows=args.merge_rows,
         report_rows=args.report_rows,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -263,11 +275,14 @@ def _run_network(args, s: NetSetting, base_dir: Path, records, modes: list[str],
     train_rows = decode_train_rows(net.store.get(job.train_data), seq_len=job.seq_len, rows=job.train_rows)
     rows_used = [i for r in range(s.rounds) for m in net.miners
                  for i in miner_shard(job.train_rows, job.job_id, r, m.hotkey, job.shard_rows)]
+    prepared = getattr(net, "prepared", {})  # round → hotkey → Prepared, where InProcessNetwork keeps them
+    delta_norms = [statistics.median(p.delta_norm for p in prepared[r].values()) if prepared.get(r) else None
+                   for r in range(s.rounds)]
     names = {m.hotkey: f"miner-{i} ({modes[i]})" for i, m in enumerate(net.miners)}
     names.update({v.hotkey: f"validator-{j}" for j, v in enumerate(net.validators)})
     return {
         "job": job, "record": record, "store": net.store, "timings": net.timings, "names": names,
-        "net": net, "train_rows": train_rows, "rows_used": rows_used,
+        "net": net, "train_rows": train_rows, "rows_used": rows_used, "delta_norms": delta_norms,
         "publish_s": publish_s, "seconds": time.perf_counter() - started,
     }
 
@@ -369,6 +384,7 @@ def _result(args, before, best_net, best_central, net_trials, central_trials, co
         "lr_network": s.lr,
         "warmup_network": s.warmup_steps,
         "top_k": s.top_k,
+        "norm_bound": s.norm_bound,
         "lr_central": best_central["lr"],
         "warmup_central": best_central["warmup_steps"],
         "schedule": "linear warm-up then cosine decay to a tenth; miners restart it (and AdamW) every round",
@@ -408,7 +424,7 @@ def _result(args, before, best_net, best_central, net_trials, central_trials, co
         "tuning": ("picked on the loss of the job's validation split (records no miner or validator sees, disjoint "
                    "from GSM8K test); GSM8K test is reported, never used to pick" if args.sweep else
                    "one configuration, the defaults (the pick of an earlier --sweep) or the flags given"),
-        "trials": ([{**_trial_row(t, before), "picked": t["setting"] == s} for t in net_trials]
+        "trials": ([{**_trial_row(t, before, central_gain), "picked": t["setting"] == s} for t in net_trials]
                    + [{**_central_row(t, before), "picked": t["lr"] == best_central["lr"]} for t in central_trials]),
         "quick": args.quick,
         "bench_seconds": time.perf_counter() - started,
@@ -417,13 +433,21 @@ def _result(args, before, best_net, best_central, net_trials, central_trials, co
     }
 
 
-def _trial_row(t: dict, before: dict) -> dict:
+def _trial_row(t: dict, before: dict, central_gain: float) -> dict:
     s, run, after = t["setting"], t["run"], t["after"]
+    gain = before["domain_loss"] - after["domain_loss"]
+    refused: dict[str, int] = {}
+    for entry in run["record"].rounds:
+        for rejection in entry.rejections.values():
+            refused[rejection.reason] = refused.get(rejection.reason, 0) + 1
     return {
         "side": "network", "stage": t["stage"], "rounds": s.rounds, "inner_steps": s.inner_steps, "lr": s.lr, "top_k": s.top_k,
-        "validation_loss": after["validation_loss"], "domain_loss": after["domain_loss"],
-        "domain_gain": before["domain_loss"] - after["domain_loss"], "general_ppl": after["general_ppl"],
-        "choices": [e.choice for e in run["record"].rounds], "seconds": run["seconds"],
+        "norm_bound": s.norm_bound, "validation_loss": after["validation_loss"], "domain_loss": after["domain_loss"],
+        "domain_gain": gain, "ratio_to_picked_central": gain / central_gain if central_gain > 0 else math.nan,
+        "general_ppl": after["general_ppl"], "general_ppl_drift": after["general_ppl"] / before["general_ppl"] - 1,
+        "choices": [e.choice for e in run["record"].rounds], "refused": refused,
+        "delta_norm_median_per_round": run["delta_norms"], "norm_bound_round0": run["norm_bound_round0"],
+        "seconds": run["seconds"],
     }
 
 
@@ -433,7 +457,7 @@ def _central_row(t: dict, before: dict) -> dict:
         "side": "central", "steps": t["steps"], "lr": t["lr"], "warmup_steps": t["warmup_steps"],
         "validation_loss": after["validation_loss"], "domain_loss": after["domain_loss"],
         "domain_gain": before["domain_loss"] - after["domain_loss"], "general_ppl": after["general_ppl"],
-        "seconds": t["train_seconds"],
+        "general_ppl_drift": after["general_ppl"] / before["general_ppl"] - 1, "seconds": t["train_seconds"],
     }
 
 
@@ -442,8 +466,8 @@ def _print(r: dict) -> None:
     print(f"GSM8K job on the {r['preset']} testbed: {r['experts']} ESFT-Token experts; {r['miners']} miners "
           f"({', '.join(r['miner_modes'])}), {r['validators']} validator(s), {r['rounds']} rounds × {r['inner_steps']} inner steps "
           f"× {r['batch_size']} rows × {r['seq_len']} tokens")
-    print(f"training tokens: network {r['train_tokens_network']:,}, central {r['train_tokens_central']:,}; "
-          f"lr network {r['lr_network']:g} (top-k {r['top_k']}), central {r['lr_central']:g}")
+    print(f"training tokens: network {r['train_tokens_network']:,}, central {r['train_tokens_central']:,}; lr network "
+          f"{r['lr_network']:g} (top-k {r['top_k']}, norm bound {r['norm_bound']:g}× the experts' norm), central {r['lr_central']:g}")
     print(f"{'':9s} {'GSM8K test loss':>22s} {'gain':>7s} {'WikiText-2 ppl':>20s} {'drift':>8s} {'validation':>10s}")
     for side in ("central", "network"):
         print(f"{side:9s} {r['domain_loss_before']:8.4f} → {r[f'domain_loss_{side}']:8.4f} {r[f'domain_gain_{side}']:7.4f} "
@@ -468,12 +492,14 @@ def _print(r: dict) -> None:
           "critical path (miners in parallel); validator steps, last round: "
           + ", ".join(f"{k} {v:.2f}" for k, v in rounds[-1]["validator_steps"][validators[0]].items()))
     if len(r["trials"]) > 2:
-        print("trials (picked on validation loss; GSM8K test shown, not used to pick):")
+        print("trials (* picked, on validation loss; GSM8K test shown, not used to pick; ratio: gain ÷ the picked central's):")
         for t in r["trials"]:
-            what = (f"network R={t['rounds']} H={t['inner_steps']} lr={t['lr']:g} top-k={t['top_k']}" if t["side"] == "network"
-                    else f"central {t['steps']} steps lr={t['lr']:g}")
-            print(f"  {what:42s} validation {t['validation_loss']:.4f}  test {t['domain_loss']:.4f} (gain {t['domain_gain']:.4f})  "
-                  f"ppl {t['general_ppl']:.2f}")
+            what = (f"network R={t['rounds']} H={t['inner_steps']} lr={t['lr']:g} top-k={t['top_k']} bound={t['norm_bound']:g}"
+                    if t["side"] == "network" else f"central {t['steps']} steps lr={t['lr']:g}")
+            ratio = f"  ratio {t['ratio_to_picked_central']:.3f}" if t["side"] == "network" else ""
+            print(f"  {'*' if t['picked'] else ' '} {what:50s} validation {t['validation_loss']:.4f}  test {t['domain_loss']:.4f} "
+                  f"(gain {t['domain_gain']:.4f}{ratio})  ppl {t['general_ppl']:7.2f} ({100 * t['general_ppl_drift']:+.1f}%)"
+                  + (f"  refused {t['refused']}" if t.get("refused") else ""))
     print(f"torch threads {r['machine']['torch_threads']}, load average {r['machine']['load_avg_1m_at_end']:.1f}; "
           f"bench {r['bench_seconds'] / 60:.1f} min")
 
