@@ -28,8 +28,8 @@ TIMEOUT_S = 150
 def request_json(job_request, tmp_path_factory) -> dict:
     """The test job, timed for processes: half-second blocks, a train phase several times the training's length."""
     return job_request.model_copy(update={
-        "job_id": "maths-processes", "rounds": ROUNDS, "block_seconds": 0.5, "train_blocks": 12, "commit_blocks": 2,
-        "reveal_blocks": 2, "score_blocks": 6, "start_delay_blocks": 16,
+        "job_id": "maths-processes", "rounds": ROUNDS, "block_seconds": 0.5, "train_blocks": 20, "commit_blocks": 2,
+        "reveal_blocks": 2, "score_blocks": 10, "start_delay_blocks": 16,
     }).model_dump(mode="json")
 
 
