@@ -17,7 +17,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,8 @@ from moeforge.testbed.build import build_testbed
 from moeforge.testbed.config import preset
 from moeforge.train.config import TrainConfig
 from moeforge.versions import software_versions
+
+from provenance import Run
 
 RESULTS = Path(__file__).parent / "results" / "attacks.json"
 ROUNDS = 2
@@ -162,13 +163,17 @@ def fault_columns(trials: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    run = Run(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--testbed", type=Path, default=None, help="small testbed directory (default: the moeforge cache)")
     parser.add_argument("--no-faults", action="store_true", help="leave the fault-injection columns null")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one trial, no fault trials")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.trials, args.no_faults = 1, True
 
     torch.set_num_threads(1)
     cfg = preset("small")
@@ -183,14 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
                   {"fault_trials": None, "fault_trials_survived": None, "faults": None, "faults_note": "--no-faults"})
     result.update({
         "trials": args.trials, "seed": args.seed, "rounds": ROUNDS, "seconds": round(time.perf_counter() - start, 1),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
         "versions": software_versions(),
     })
     _print(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return run.write(args.out, result)
 
 
 def _print(result: dict) -> None:

@@ -64,6 +64,8 @@ from moeforge.testbed.config import preset
 from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
+from provenance import Run
+
 RESULTS = Path(__file__).parent / "results" / "decentral_vs_central.json"
 SALT = "bench-decentral-vs-central"
 JOB_ID = "bench-maths"
@@ -119,6 +121,7 @@ def _with(s: NetSetting, field: str, value) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    run = Run(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--testbed", type=Path, default=None, help="testbed directory (default: the moeforge cache)")
@@ -225,10 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = _result(args, before, best_net, best_central, list(net_trials.values()), list(central_trials.values()), cost, modes,
                      seq_len, started)
     _print(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return run.write(args.out, result)
 
 
 def _fill_defaults(args) -> None:

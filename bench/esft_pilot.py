@@ -7,17 +7,14 @@ after, trainable share, training speed and peak memory. Then builds the three mi
 modes, reports their bytes (exact on the testbed, computed for DeepSeek-V2-Lite) and fidelity.
 Prints a table and writes bench/results/esft_pilot.json.
 
-    .venv/bin/python bench/esft_pilot.py [--preset default] [--train-tokens 300000]
+    .venv/bin/python bench/esft_pilot.py [--preset default] [--train-tokens 300000] [--quick]
 """
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer
 
 from moeforge.data.corpora import load_corpus
@@ -40,10 +37,14 @@ from moeforge.train.baselines import train_full, train_lora
 from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
+from provenance import Run
+
 RESULTS = Path(__file__).parent / "results" / "esft_pilot.json"
+QUICK = {"preset": "small", "profile_tokens": 4096, "train_tokens": 8192, "eval_tokens": 2048, "batch_size": 4}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    run = Run(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--out", type=Path, default=None, help="testbed directory (default: the moeforge cache)")
@@ -56,7 +57,11 @@ def main() -> None:
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--coverage", type=float, default=0.9)
     parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help=f"a tiny configuration for a smoke run: {QUICK}")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
 
     cfg = preset(args.preset)
     home = Path(os.environ.get("MOEFORGE_HOME") or Path.home() / ".cache" / "moeforge")
@@ -164,12 +169,9 @@ def main() -> None:
         "esft_gate_share_of_fft_gain": (methods["esft_gate"]["domain_loss_before"] - methods["esft_gate"]["domain_loss_after"]) / fft_gain,
         "memory_modes": memory_modes,
         "learning_rates": {"esft": args.esft_lr, "fft": args.fft_lr, "lora": args.lora_lr},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
     }
     _print(result)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.results}")
+    return run.write(args.results, result)
 
 
 def _row(before: dict, after: dict, result, total_params: int, experts: int | None = None) -> dict:

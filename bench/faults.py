@@ -9,13 +9,12 @@ to 1, held-out loss lower after than before) and every object in the store re-ha
 `bench/attacks.py` calls `run_fault_trials` for its fault columns. Prints a table and writes
 bench/results/faults.json.
 
-    .venv/bin/python bench/faults.py [--trials 6] [--seed 0]
+    .venv/bin/python bench/faults.py [--trials 6] [--seed 0] [--quick]
 """
 
 import argparse
 import json
 import logging
-import platform
 import random
 import tempfile
 import time
@@ -25,6 +24,8 @@ from moeforge.network.faults import POINTS, corrupt_objects, record_problems
 from moeforge.network.local import NetworkPlan, run_local_network
 from moeforge.network.observe import read_events
 from moeforge.store.local import LocalStore
+
+from provenance import Run
 
 RESULTS = Path(__file__).parent / "results" / "faults.json"
 ROUNDS = 2
@@ -52,7 +53,6 @@ def run_fault_trials(trials: int, seed: int) -> dict:
         "faults": faults,
         "seed": seed,
         "rounds": ROUNDS,
-        "machine": platform.machine(),
     }
 
 
@@ -110,11 +110,16 @@ def _testbed_and_data(tmp: Path) -> tuple[Path, Path]:
     return model_dir, data_file
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    run = Run(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one trial")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials = 1
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     result = run_fault_trials(args.trials, args.seed)
     print(f"{'role':<10} {'point':<13} {'round':>5} {'fired':>5} {'restarts':>8} {'survived':>8} {'s':>6}  detail")
@@ -122,9 +127,7 @@ def main() -> None:
         print(f"{f['role']:<10} {f['point']:<13} {str(f['round'] if f['round'] is not None else '-'):>5} "
               f"{str(f['fired']):>5} {str(f['restarts']):>8} {str(f['survived']):>8} {f['seconds']:>6.1f}  {f['detail'][:90]}")
     print(f"survived {result['fault_trials_survived']}/{result['fault_trials']} fault trials (seed {args.seed})")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    return run.write(args.out, result)
 
 
 if __name__ == "__main__":
