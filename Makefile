@@ -1,26 +1,34 @@
 # The two set-up commands of the README: `make demo` and `make test`. Each creates (or reuses)
-# the virtual environment in .venv, installs moeforge into it, then runs.
+# the virtual environment in .venv, installs moeforge into it with what it needs, then runs.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	@touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 
-install: $(STAMP)
+# moeforge itself (what `make demo` runs)
+$(VENV)/.installed-stamp: pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	@touch $@
 
-demo: $(STAMP)
+# plus the test tools and the extras the tests exercise (s3, bench)
+$(VENV)/.installed-test-stamp: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[test]'
+	@touch $@ $(VENV)/.installed-stamp
+
+install: $(VENV)/.installed-stamp
+
+demo: $(VENV)/.installed-stamp
 	$(BIN)/moeforge demo
 
-test: $(STAMP)
+test: $(VENV)/.installed-test-stamp
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-test-stamp
 	$(BIN)/python bench/testbed.py
 
 clean:

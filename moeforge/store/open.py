@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from moeforge.errors import ConfigError
+from moeforge.extras import require
 from moeforge.store.protocol import DEFAULT_MAX_OBJECT_BYTES, Store
 
 FORMS = (
@@ -32,6 +33,7 @@ def open_store(
         raise ConfigError(f"empty store URL. Use one of: {'; '.join(FORMS)}.")
     parts = urlsplit(url)
     if parts.scheme == "s3":
+        require("s3", f"the S3 store {url!r}")
         from moeforge.store.s3 import S3Store  # boto3: only when an s3 store is opened
 
         bucket, prefix, options = _s3_parts(url, parts)
