@@ -2,11 +2,13 @@
 
 import logging
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+
+# typer (pinned) carries its own copy of click; its usage errors are these classes, not click's
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from moeforge.errors import MoeforgeError
 
@@ -14,16 +16,27 @@ err_console = Console(stderr=True)
 
 
 class _Group(typer.core.TyperGroup):
-    """Prints a MoeforgeError as one red line and exits 1; `--debug` shows the traceback."""
+    """One convention for every error: one red line and exit 1. A MoeforgeError prints its message
+    (`--debug` shows the traceback); a usage error (unknown option, bad value, missing argument)
+    prints click's message and the `--help` to read, instead of a boxed usage block and exit 2."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
         except MoeforgeError as exc:
             if ctx.meta.get("moeforge.debug"):
                 raise
-            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            _fail(str(exc))
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx else ctx.command_path
+            _fail(f"{exc.format_message()} (see `{path} --help`)")
+
+
+def _fail(message: str):
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
 
 
 app = typer.Typer(

@@ -5,6 +5,7 @@ transformers, matplotlib) are imported inside them so `moeforge --help` stays fa
 """
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,7 +72,7 @@ def profile(
 def select(
     profile_path: Annotated[Path, typer.Argument(help=f"A {PROFILE_FILE} written by `moeforge profile`.")],
     out: Annotated[
-        Path, typer.Option("--out", help=f"Expert config JSON to write (a folder gets {EXPERT_CONFIG_FILE}).")
+        str, typer.Option("--out", help=f"Expert config JSON to write (a folder, or a path ending in /, gets {EXPERT_CONFIG_FILE}).")
     ],
     score: Annotated[Literal["token", "gate", "saliency"], typer.Option(help="Score to rank experts by.")] = "token",
     p: Annotated[
@@ -85,12 +86,13 @@ def select(
     from moeforge.profile.selection import SelectConfig, save_expert_config, select_experts
 
     config = validated(SelectConfig, score=score, p=p, min_per_layer=min_per_layer, max_per_layer=max_per_layer)
-    target = out / EXPERT_CONFIG_FILE if out.is_dir() else output_file(out, "--out")
+    target = _selection_target(out)
     routing = load_profile(profile_path)
     if config.min_per_layer > routing.num_experts:
         raise ConfigError(f"--min-per-layer {config.min_per_layer}: {profile_path} has only {routing.num_experts} "
                           "routed experts per layer. Pass a smaller --min-per-layer.")
     selected = select_experts(routing, config)
+    target.parent.mkdir(parents=True, exist_ok=True)
     save_expert_config(selected, target)
     _print_selection(selected, routing)
     console.print(
@@ -117,6 +119,14 @@ def _profiling_bar() -> Iterator[Callable]:
             progress.update(task, total=info.total_tokens, completed=info.tokens, batch=f"{info.batch}/{info.batches}")
 
         yield on_batch
+
+
+def _selection_target(out: str) -> Path:
+    """The expert config file --out OUT names: OUT itself, or OUT/expert_config.json for a folder or a path ending in /."""
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        folder = Path(out)
+        return output_dir(folder, "--out") / EXPERT_CONFIG_FILE
+    return output_file(Path(out), "--out")
 
 
 def _print_profile(routing) -> None:  # a RoutingProfile

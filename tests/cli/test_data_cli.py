@@ -120,10 +120,14 @@ def test_prepare_prompt_field_alone_is_a_config_error(data_file):
     assert isinstance(result.exception, ConfigError) and "--response-field" in str(result.exception)
 
 
-def test_prepare_unknown_format_is_a_usage_error_not_a_traceback(data_file):
-    result = invoke(data_file, "--format", "xml", "--salt", SALT)
-    assert result.exit_code == 2
-    assert "xml" in result.output and "Traceback" not in result.output
+def test_prepare_unknown_format_is_one_red_line_and_exit_1_like_every_error(data_file):
+    from moeforge.cli.main import app as root
+
+    result = CliRunner().invoke(root, ["data", "prepare", str(data_file), "--format", "xml", "--salt", SALT])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "xml" in lines[0] and "moeforge data prepare --help" in lines[0]
 
 
 def test_prepare_checks_split_fractions_before_reading(tmp_path):

@@ -56,6 +56,10 @@ def test_select_writes_esft_s_selection_of_the_profile(profiled, tmp_path):
     into_folder = invoke("select", out / "profile.json", "--out", tmp_path, "--p", 0.5, "--max-per-layer", 2)
     assert into_folder.exit_code == 0, into_folder.output
     assert json.loads((tmp_path / "expert_config.json").read_text())["p"] == 0.5
+    new_folder = invoke("select", out / "profile.json", "--out", f"{tmp_path / 'sel'}/")  # not there yet: the / says folder
+    assert new_folder.exit_code == 0, new_folder.output
+    assert (tmp_path / "sel").is_dir() and load_expert_config(tmp_path / "sel" / "expert_config.json") == select_experts(
+        load_profile(out / "profile.json"), SelectConfig())
 
 
 def test_profile_reads_a_job_data_file_with_its_fields(small_testbed, tmp_path):
