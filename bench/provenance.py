@@ -29,13 +29,13 @@ class Run:
         self.command = shlex.join([".venv/bin/python", _relative(Path(script)), *args])
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._start = time.perf_counter()
+        self.git_commit, self.git_dirty = _git_state()  # the code that runs is the code at the start
 
     def provenance(self) -> dict:
-        commit, dirty = _git_state()
         return {
             "command": self.command,
-            "git_commit": commit,
-            "git_dirty": dirty,
+            "git_commit": self.git_commit,
+            "git_dirty": self.git_dirty,
             "started_at": self.started_at,
             "wall_seconds": round(time.perf_counter() - self._start, 1),
             "machine": machine(),
