@@ -50,13 +50,20 @@ def read_json_object(path: str | Path, *, what: str, fix: str, name: str | None 
 
 
 def read_json_model(path: str | Path, model_class: type[M], *, what: str, fix: str, name: str | None = None,
-                    error: type[MoeforgeError] = ConfigError) -> M:
-    """PATH read as MODEL_CLASS; one error naming the file and every bad key (see `read_json_object`)."""
+                    error: type[MoeforgeError] = ConfigError, mistaken: dict[str, frozenset[str]] | None = None) -> M:
+    """PATH read as MODEL_CLASS; one error naming the file and every bad key (see `read_json_object`).
+
+    MISTAKEN: other kinds of file a user may pass here instead ("routing profile" → keys only it has); a file
+    with all of one kind's keys is named as that kind in one sentence, instead of listing every refused key.
+    """
     raw = read_json_object(path, what=what, fix=fix, name=name, error=error)
     try:
         return model_class.model_validate(raw)
     except ValidationError as exc:
         where = f"{name} {path}" if name else str(path)
+        for kind, keys in (mistaken or {}).items():
+            if keys <= raw.keys():
+                raise error(f"{where}: this is a {kind}, not a {what}. {fix}") from None
         raise error(f"{where}: not a valid {what}: {validation_problems(exc)}. {fix}") from None
 
 

@@ -187,7 +187,8 @@ def save_expert_config(config: ExpertConfig, path: str | Path) -> Path:
 def load_expert_config(path: str | Path) -> ExpertConfig:
     """Read an expert config; a file that is not one is a ConfigError naming it and the bad keys."""
     return read_json_model(path, ExpertConfig, what="expert config",
-                           fix="Make one with `moeforge select PROFILE --out FILE`.")
+                           fix="Make one with `moeforge select PROFILE --out DIR/`.",
+                           mistaken={"routing profile (written by `moeforge profile`)": frozenset({"token", "gate", "counts", "layers"})})
 
 def _from_profile(profile: RoutingProfile, experts: dict, *, method: str, score: str, p: float) -> ExpertConfig:
     return ExpertConfig(

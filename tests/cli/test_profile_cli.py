@@ -106,3 +106,14 @@ def test_a_missing_or_broken_profile_is_named(tmp_path):
     assert_fails_naming(invoke("select", tmp_path / "none.json", "--out", tmp_path / "e.json"), "none.json")
     (tmp_path / "broken.json").write_text("{}")
     assert_fails_naming(invoke("select", tmp_path / "broken.json", "--out", tmp_path / "e.json"), "broken.json")
+
+
+def test_a_profile_where_a_selection_is_expected_is_named_as_such(profiled):
+    from moeforge.errors import ConfigError
+
+    _, out = profiled
+    with pytest.raises(ConfigError) as error:
+        load_expert_config(out / "profile.json")
+    message = str(error.value)
+    assert "is a routing profile" in message and "moeforge select" in message
+    assert "extra" not in message and "missing" not in message  # not pydantic's list of refused keys
