@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from moeforge.cli.inputs import DeviceOption
 from moeforge.cli.testbed import build_or_reuse, print_report
 
 console = Console()
@@ -32,6 +33,7 @@ def demo(
     rounds: int = typer.Option(3, "--rounds", min=1, help="Rounds of the maths job."),
     eval_tokens: int = typer.Option(32_768, "--eval-tokens", min=2, help="Tokens scored per GSM8K test loss and WikiText-2 perplexity."),
     run: Path | None = typer.Option(None, "--run", help="Network run folder (default: $MOEFORGE_HOME/network/<time>)."),
+    device: DeviceOption = "auto",
 ) -> None:
     """Build or reuse the testbed, run a GSM8K maths job through a local network, and report before/after."""
     from moeforge.cli.job_view import print_record
@@ -45,14 +47,14 @@ def demo(
         miners=miners, validators=validators, modes=None, model=path, preset_name=preset_name, data="math",
         data_options={"prompt_field": None, "response_field": None, "text_field": None}, run=run, store=None, chain=None,
         config=None, metrics_port=None, flags={"rounds": rounds, "job_id": "demo-maths"},
-        defaults=JOB_DEFAULTS.get(preset_name, {}),
+        defaults=JOB_DEFAULTS.get(preset_name, {}), device=device,
     )
     print_record(record, console, net.names())
-    _before_after(path, report.config.seq_len, record, net, eval_tokens)
+    _before_after(path, report.config.seq_len, record, net, eval_tokens, device)
     console.print(f"run folder: {net.plan.run_dir}", highlight=False, soft_wrap=True)
 
 
-def _before_after(model_dir: Path, seq_len: int, record, net, eval_tokens: int) -> None:
+def _before_after(model_dir: Path, seq_len: int, record, net, eval_tokens: int, device: str) -> None:
     """GSM8K test loss and WikiText-2 perplexity with the base experts, then with the job's final experts."""
     from moeforge.cli import settings
     from moeforge.cli.inputs import load_checkpoint
@@ -63,7 +65,7 @@ def _before_after(model_dir: Path, seq_len: int, record, net, eval_tokens: int) 
     from moeforge.network.state import StateRef, fetch_state
     from moeforge.store.open import open_store
 
-    model, tokenizer = load_checkpoint(model_dir)
+    model, tokenizer = load_checkpoint(model_dir, device)
     test_records = load_corpus("math", "test")
 
     def scores() -> tuple[float, float]:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moeforge.cli.inputs import job_records, load_checkpoint, output_file, validated
+from moeforge.cli.inputs import DeviceOption, job_records, load_checkpoint, output_file, validated
 from moeforge.data.corpora import DOMAINS
 from moeforge.data.records import Record
 
@@ -46,6 +46,7 @@ def eval_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Longest generated GSM8K answer, in tokens.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass; prompts per generate call.")] = 8,
     out: Annotated[Path | None, typer.Option(help="Write the report as JSON to this file.")] = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Evaluate a checkpoint: loss on the data's responses, WikiText-2 perplexity, GSM8K accuracy."""
     if gsm8k_limit is None:
@@ -59,7 +60,7 @@ def eval_cmd(
     if out is not None:
         output_file(out, "--out")
     records = job_records(data, "test", prompt_field=prompt_field, response_field=response_field, text_field=text_field)
-    report = _evaluate(model, records, config, data)
+    report = _evaluate(model, records, config, data, device)
     if out is not None:
         from moeforge.eval.report import write_report
 
@@ -67,11 +68,11 @@ def eval_cmd(
     _print(report, out)
 
 
-def _evaluate(directory: Path, records: tuple[Record, ...], config: "EvalConfig", data: str) -> "EvalReport":
+def _evaluate(directory: Path, records: tuple[Record, ...], config: "EvalConfig", data: str, device: str) -> "EvalReport":
     from moeforge.eval.evaluate import evaluate
     from moeforge.model.fingerprint import model_fingerprint
 
-    model, tokenizer = load_checkpoint(directory)
+    model, tokenizer = load_checkpoint(directory, device)
     with _gsm8k_bar(config.gsm8k_limit) as on_progress:
         return evaluate(
             model, tokenizer, records, config,

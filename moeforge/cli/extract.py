@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from moeforge.cli.inputs import load_checkpoint, output_dir, selected_on
+from moeforge.cli.inputs import DeviceOption, load_checkpoint, output_dir, selected_on
 from moeforge.errors import ConfigError
 
 console = Console()
@@ -21,6 +21,7 @@ def extract(
         Path | None, typer.Option(help="profile.json of the domain: adds the subset mode, sized by --coverage.")
     ] = None,
     coverage: Annotated[float, typer.Option(help="Share of the routing mass the subset mode keeps.")] = 0.9,
+    device: DeviceOption = "auto",
 ) -> None:
     """Write the selected experts as a slice (safetensors + manifest) and the bytes each miner mode holds."""
     from moeforge.extract.package import MODES, held_bytes, reduce_for_mode, slice_bytes
@@ -33,7 +34,7 @@ def extract(
         raise ConfigError(f"--coverage {coverage}: expected a share of the routing mass in (0, 1], e.g. 0.9.")
     output_dir(out, "--out")
     selection = load_expert_config(experts)
-    base, _ = load_checkpoint(model)
+    base, _ = load_checkpoint(model, device)
     selection.check_against(base)
     fingerprint = selected_on(selection, experts, base, model)
     kept = None

@@ -7,7 +7,9 @@ file or folder, so every command reports bad input alike.
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+import typer
 
 from pydantic import BaseModel, ValidationError
 
@@ -113,18 +115,26 @@ def selected_on(selection, experts: Path, base, model: Path) -> str:
     return fingerprint
 
 
-def load_checkpoint(source: str | Path):
-    """(model, tokenizer) of a checkpoint folder written by save_pretrained with its tokenizer."""
+DEVICE_HELP = "Where the model runs: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."
+DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+
+
+def load_checkpoint(source: str | Path, device: str = "cpu"):
+    """(model on DEVICE, tokenizer) of a checkpoint folder written by save_pretrained with its tokenizer.
+
+    DEVICE is a `--device` value (auto, cpu, cuda, cuda:N); a bad or absent one is a ConfigError naming --device."""
     from transformers import AutoTokenizer
 
+    from moeforge.model.device import resolve_device
     from moeforge.model.load import load_model
 
+    target = resolve_device(device)
     if not Path(source).is_dir():
         raise ArtifactNotFound(
             f"{source}: no such model directory. Pass a folder written by save_pretrained (config.json, weights "
             "and tokenizer), e.g. one built with `moeforge testbed build`."
         )
-    model = load_model(source)
+    model = load_model(source).to(target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
     except (OSError, ValueError) as exc:

@@ -20,6 +20,7 @@ from moeforge.cli.endpoints import (
     open_chain_url,
     open_store_url,
 )
+from moeforge.cli.inputs import DeviceOption
 from moeforge.cli.endpoints import MODES
 
 app = typer.Typer(no_args_is_help=True, help="Mine: train the job's experts on your shard and submit deltas.")
@@ -37,6 +38,7 @@ def run(
     chain: ChainOpt = None,
     metrics_port: MetricsPortOpt = None,
     job_timeout: JobTimeoutOpt = 600.0,
+    device: DeviceOption = "auto",
 ) -> None:
     """Wait for the owner's job, then take part in every remaining round."""
     from moeforge.cli import settings
@@ -54,5 +56,5 @@ def run(
     with training_bar(f"miner {keypair.ss58_address[:10]} ({mode})", console) as on_step:
         miner = Miner(chain=chain_, store=store_, keypair=keypair, job=job, mode=mode,
                       run_dir=run or default_run("miner", keypair.ss58_address), metrics_port=metrics_port, on_step=on_step,
-                      fault=fault)
+                      fault=fault, device=device)
         run_miner(miner)

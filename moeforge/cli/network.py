@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from moeforge.cli.endpoints import DataOpt, MetricsPortOpt, PromptFieldOpt, ResponseFieldOpt, TextFieldOpt
+from moeforge.cli.inputs import DeviceOption
 from moeforge.cli.owner import BlockSecondsOpt, ConfigOpt, InnerStepsOpt, LrOpt, RoundsOpt, ScoreBlocksOpt, TrainBlocksOpt
 from moeforge.errors import ConfigError
 from moeforge.cli.endpoints import MODES
@@ -44,12 +45,13 @@ def up(
     train_blocks: TrainBlocksOpt = None,
     score_blocks: ScoreBlocksOpt = None,
     metrics_port: MetricsPortOpt = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Start a local network on the job, follow its rounds, and print losses, accepted updates and shares."""
     record, net = start_and_follow(
         miners=miners, validators=validators, modes=modes, model=model, preset_name=preset_name, data=data,
         data_options={"prompt_field": prompt_field, "response_field": response_field, "text_field": text_field},
-        run=run, store=store, chain=chain, config=config, metrics_port=metrics_port,
+        run=run, store=store, chain=chain, config=config, metrics_port=metrics_port, device=device,
         flags=dict(rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds, train_blocks=train_blocks,
                    score_blocks=score_blocks),
     )
@@ -61,15 +63,17 @@ def up(
 
 def start_and_follow(*, miners: int, validators: int, modes: str | None, model: Path | None, preset_name: str, data: str,
                      data_options: dict, run: Path | None, store: str | None, chain: str | None, config: Path | None,
-                     metrics_port: int | None, flags: dict, defaults: dict | None = None):
+                     metrics_port: int | None, flags: dict, defaults: dict | None = None, device: str = "cpu"):
     """Build the plan from the options, run the network to its record; → (record, LocalNetwork). Shared with `demo`."""
     from moeforge.cli import settings
     from moeforge.cli.endpoints import read_job_data, require_model
     from moeforge.cli.inputs import output_dir
     from moeforge.cli.owner import job_request
     from moeforge.cli.progress import job_bar
+    from moeforge.model.device import resolve_device
     from moeforge.network.local import NetworkPlan, run_local_network
 
+    resolve_device(device)  # a bad --device fails here, before any role starts
     mode_list = _modes(modes, miners)
     _, domain = read_job_data(data, **data_options)  # bad --data or field flags fail here, before anything starts
     if model is None:
@@ -83,7 +87,7 @@ def start_and_follow(*, miners: int, validators: int, modes: str | None, model: 
         run_dir=run, request=request, data=str(Path(data).resolve()) if Path(data).exists() else data,
         data_options={k: v for k, v in data_options.items() if v is not None}, miner_modes=mode_list,
         validator_stakes=tuple(100.0 / 2**j for j in range(validators)), chain_url=chain, store_url=store,
-        metrics_port=metrics_port,
+        metrics_port=metrics_port, device=device,
     )
     console.print(f"local network in {run}: {miners} miners ({', '.join(mode_list)}), {validators} validators, "
                   f"{request.rounds} rounds of job {request.job_id}", highlight=False, soft_wrap=True)

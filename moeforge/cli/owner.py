@@ -28,7 +28,7 @@ from moeforge.cli.endpoints import (
     require_model,
     require_salt,
 )
-from moeforge.cli.inputs import flag
+from moeforge.cli.inputs import DeviceOption, flag
 from moeforge.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="Publish a job (base model, data, experts, schedule) and record how it went.")
@@ -83,7 +83,7 @@ def job_request(config: Path | None, model: Path, domain: str, defaults: dict | 
 
 
 def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-           metrics_port, **flags):
+           metrics_port, device, **flags):
     from moeforge.cli import settings
     from moeforge.network.owner import Owner
 
@@ -95,7 +95,7 @@ def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_
     keypair = hotkey_of(wallet, wallet_path)
     return Owner(chain=open_chain_url(chain), store=open_store_url(store), keypair=keypair, request=request, records=records,
                  salt=salt, run_dir=run or default_run("owner", keypair.ss58_address), metrics_port=metrics_port,
-                 fault=fault)
+                 fault=fault, device=device)
 
 
 @app.command()
@@ -105,11 +105,11 @@ def publish(
     config: ConfigOpt = None, job_id: JobIdOpt = None, rounds: RoundsOpt = None, inner_steps: InnerStepsOpt = None,
     lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
     score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
-    store: StoreOpt = None, chain: ChainOpt = None,
+    store: StoreOpt = None, chain: ChainOpt = None, device: DeviceOption = "auto",
 ) -> None:
     """Select the experts, upload the train rows and initial state, and publish the job; print its digest."""
     owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-                   None, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   None, device, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
                    train_blocks=train_blocks, score_blocks=score_blocks)
     digest, job = owner.publish()
     _print_job(digest, job)
@@ -123,6 +123,7 @@ def run(
     lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
     score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
     store: StoreOpt = None, chain: ChainOpt = None, metrics_port: MetricsPortOpt = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Publish the job, follow its rounds on chain, then write and print its record (final state, history, shares)."""
     from moeforge.cli.job_view import print_record
@@ -130,7 +131,7 @@ def run(
     from moeforge.network.owner import run_owner
 
     owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-                   metrics_port, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   metrics_port, device, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
                    train_blocks=train_blocks, score_blocks=score_blocks)
     with job_bar(f"job {owner.request.job_id}", console) as on_block:
         record = run_owner(owner, on_block=on_block)

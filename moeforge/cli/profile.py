@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from moeforge.cli.inputs import job_records, load_checkpoint, output_dir, output_file, validated
+from moeforge.cli.inputs import DeviceOption, job_records, load_checkpoint, output_dir, output_file, validated
 from moeforge.data.corpora import DOMAINS
 from moeforge.errors import ConfigError
 
@@ -50,6 +50,7 @@ def profile(
     no_saliency: Annotated[
         bool, typer.Option("--no-saliency", help="Skip REAP saliency (saves one pass through the routed experts).")
     ] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Profile how the base model routes DATA: per layer and expert, token share, gate score and saliency."""
     from moeforge.profile.heatmap import plot_profile
@@ -59,7 +60,7 @@ def profile(
     config = validated(ProfileConfig, tokens=tokens, seq_len=seq_len, batch_size=batch_size, saliency=not no_saliency)
     output_dir(out, "--out")
     records = job_records(str(data), "train", flag="DATA", prompt_field=prompt_field, response_field=response_field, text_field=text_field)
-    base, tokenizer = load_checkpoint(model)
+    base, tokenizer = load_checkpoint(model, device)
     with _profiling_bar() as on_batch:
         result = profile_records(base, tokenizer, records, config, on_batch=on_batch)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from moeforge.cli.inputs import job_records, load_checkpoint, output_dir, selected_on, validated
+from moeforge.cli.inputs import DeviceOption, job_records, load_checkpoint, output_dir, selected_on, validated
 from moeforge.cli.progress import training_bar
 from moeforge.data.corpora import DOMAINS
 from moeforge.errors import ConfigError
@@ -30,6 +30,7 @@ def train(
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
     seq_len: Annotated[int, typer.Option(help="Tokens per packed row.")] = 256,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the run's last checkpoint.")] = True,
+    device: DeviceOption = "auto",
 ) -> None:
     """Train only the selected routed experts on the data; write the exact delta (new − base)."""
     from moeforge.data.formatting import encode_records
@@ -43,7 +44,7 @@ def train(
     cfg = validated(TrainConfig, tokens=tokens, lr=lr, batch_size=batch_size, grad_accum=grad_accum, checkpoint_every=25)
     selection = load_expert_config(experts)
     records = job_records(data, "train", prompt_field=prompt_field, response_field=response_field, text_field=text_field)
-    base, tokenizer = load_checkpoint(model)
+    base, tokenizer = load_checkpoint(model, device)
     limit = getattr(base.config, "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
         raise ConfigError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings {limit}.")

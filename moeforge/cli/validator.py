@@ -24,6 +24,7 @@ from moeforge.cli.endpoints import (
     read_job_data,
     require_salt,
 )
+from moeforge.cli.inputs import DeviceOption
 
 app = typer.Typer(no_args_is_help=True, help="Validate: score every submission by Proof-of-Loss, merge the best, set weights.")
 
@@ -43,6 +44,7 @@ def run(
     chain: ChainOpt = None,
     metrics_port: MetricsPortOpt = None,
     job_timeout: JobTimeoutOpt = 600.0,
+    device: DeviceOption = "auto",
 ) -> None:
     """Wait for the owner's job, derive the held-out split from --data and the salt, and judge each round."""
     from moeforge.cli import settings
@@ -57,5 +59,5 @@ def run(
     digest, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout)
     validator = Validator(chain=chain_, store=store_, keypair=keypair, job=job, job_digest=digest, records=records, salt=salt,
                           run_dir=run or default_run("validator", keypair.ss58_address), metrics_port=metrics_port,
-                          fault=fault)
+                          fault=fault, device=device)
     run_validator(validator)

@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 _ROW_KEYS = ("input_ids", "labels")
 
 
-def load_base(path: str | Path, fingerprint: str | None = None):
-    """(model, tokenizer) of the job's base checkpoint; ModelError if its weights are not `fingerprint`'s."""
+def load_base(path: str | Path, fingerprint: str | None = None, device: str = "cpu"):
+    """(model on DEVICE, tokenizer) of the job's base checkpoint; ModelError if its weights are not `fingerprint`'s."""
     from transformers import AutoTokenizer
 
+    from moeforge.model.device import resolve_device
     from moeforge.model.load import load_model
 
     if not Path(path).is_dir():
@@ -48,6 +49,7 @@ def load_base(path: str | Path, fingerprint: str | None = None):
         )
     model = load_model(path)
     check_fingerprint(model, fingerprint, path)
+    model.to(resolve_device(device))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:

@@ -72,6 +72,7 @@ class NetworkPlan(BaseModel):
     chain_url: str | None = None  # None: local:///<run>/chain.sqlite at the request's block_seconds
     store_url: str | None = None  # None: a folder store at <run>/store
     metrics_port: int | None = None  # first port; the roles take consecutive ones
+    device: str = "cpu"  # --device of every role (auto, cpu, cuda, cuda:N)
     python: str = sys.executable
 
 
@@ -311,6 +312,7 @@ def _command(plan: NetworkPlan, m: Member, net: LocalNetwork, k: int) -> list[st
         where += ["--metrics-port", str(plan.metrics_port + k)]
     data = ["--data", plan.data] + [arg for name, value in plan.data_options.items() for arg in (f"--{name.replace('_', '-')}", value)]
     base = [plan.python, "-m", "moeforge"]
+    where += ["--device", plan.device]
     if m.role == "owner":
         return [*base, "owner", "run", *wallet, *where, "--model", plan.request.base_model, *data,
                 "--config", str(plan.run_dir.resolve() / "request.json")]

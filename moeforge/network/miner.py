@@ -29,6 +29,7 @@ from pathlib import Path
 from moeforge.chain.protocol import Chain, not_registered, wait_for_block
 from moeforge.errors import ChainError, ConfigError, PayloadError
 from moeforge.extract.package import MODES, MinerMode, reduce_for_mode
+from moeforge.model.device import resolve_device
 from moeforge.model.slices import apply_slice, extract_slice
 from moeforge.network.checks import global_norm
 from moeforge.network.commitment import (
@@ -84,6 +85,7 @@ class Miner:
         metrics_port: int | None = None,
         on_step: StepCallback | None = None,
         fault: Fault | None = None,
+        device: str = "cpu",
     ):
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
@@ -94,6 +96,7 @@ class Miner:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.observer = Observer("miner", self.hotkey, run_dir, metrics_port=metrics_port, fault=fault)
         self.on_step = on_step
+        self.device = resolve_device(device)  # where the miner trains; a bad --device fails before any work
         self._rows = None  # the job's train rows, fetched once
 
     def prepare(self, r: int) -> Prepared:
@@ -240,7 +243,7 @@ class Miner:
         apply_slice(model, fetch_state(self.store, ref, job=self.job, reference=reference))
         kept = {layer: list(ids) for layer, ids in self.job.subset_experts.items()}
         reduce_for_mode(model, self.mode, self.job.slots, kept)
-        return model
+        return model.to(self.device)
 
 
 def first_round(job: JobSpec, block: int) -> int:

@@ -32,6 +32,7 @@ from moeforge.data.fingerprint import fingerprint_records
 from moeforge.data.records import Record
 from moeforge.errors import ChainError, ConfigError
 from moeforge.eval.domain import rows_loss
+from moeforge.model.device import resolve_device
 from moeforge.model.fingerprint import model_fingerprint
 from moeforge.model.slices import apply_slice, extract_slice
 from moeforge.network.history import RESULT_FILE, JobRecord, contribution_shares, round_entry
@@ -102,8 +103,10 @@ class Owner:
         run_dir: Path | None = None,
         metrics_port: int | None = None,
         fault: Fault | None = None,
+        device: str = "cpu",
     ):
         self.chain, self.store, self.keypair, self.request = chain, store, keypair, request
+        self.device = resolve_device(device)  # where the owner's profiling and held-out losses run
         self.records, self.salt = records, salt
         self.hotkey = keypair.ss58_address
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -120,7 +123,7 @@ class Owner:
         timings: dict[str, float] = {}
         req = self.request
         with self.observer.phase("prepare", timings):
-            model, tokenizer = load_base(req.base_model)
+            model, tokenizer = load_base(req.base_model, device=self.device)
             fingerprint = model_fingerprint(model)
             seq_len = req.seq_len or default_seq_len(model)
             splits = split_job(self.records, self.salt, validation=req.validation, heldout=req.heldout)
@@ -199,7 +202,7 @@ class Owner:
 
     def _heldout_losses(self, job: JobSpec, final) -> tuple[float, float, int]:
         """Held-out loss of the initial and final states on the first report_rows held-out rows."""
-        model, tokenizer = load_base(job.base_model, job.base_fingerprint)
+        model, tokenizer = load_base(job.base_model, job.base_fingerprint, self.device)
         rows = heldout_rows(job, self.records, self.salt, tokenizer)
         n = min(self.request.report_rows, rows.input_ids.shape[0])
         ids, labels = rows.input_ids[:n], rows.labels[:n]
@@ -274,18 +277,26 @@ def run_owner(owner: Owner, *, poll_s: float = 0.25, on_block: Callable[[JobSpec
 
 
 def _spec(req: JobRequest, **fields) -> JobSpec:
-    """The JobSpec for this request, or one ConfigError naming every option that does not fit the data."""
+    """The JobSpec for this request, or one ConfigError naming every option that does not fit the data.
+
+    Held-out rows for scoring and merging that the request leaves at their defaults are sized to the data: on
+    a small file they share what the held-out split holds, half each, instead of failing."""
+    score_rows, merge_rows = req.score_rows, req.merge_rows
+    heldout = fields.get("heldout_rows")
+    unset = not {"score_rows", "merge_rows"} & req.model_fields_set
+    if unset and heldout is not None and 2 <= heldout < score_rows + merge_rows:
+        score_rows, merge_rows = heldout // 2, heldout - heldout // 2
     try:
         return JobSpec(
             job_id=req.job_id, base_model=str(Path(req.base_model).resolve()), domain=req.domain,
             split=SplitSpec(validation=req.validation, heldout=req.heldout), rounds=req.rounds, block_seconds=req.block_seconds,
             inner_steps=req.inner_steps, train=req.train, norm_bound=req.norm_bound, noise_floor=req.noise_floor,
-            top_k=req.top_k, merge_margin=req.merge_margin, score_rows=req.score_rows, merge_rows=req.merge_rows,
+            top_k=req.top_k, merge_margin=req.merge_margin, score_rows=score_rows, merge_rows=merge_rows,
             eval_batch_rows=req.eval_batch_rows, **fields,
         )
     except ValidationError as exc:
         problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         raise ConfigError(
-            f"job {req.job_id}: the request does not fit its data: {problems}. Lower --score-rows/--merge-rows or "
-            "--inner-steps/--batch-size, raise the held-out fraction, or give the job more data."
+            f"job {req.job_id}: the request does not fit its data: {problems}. Lower score_rows/merge_rows or "
+            "inner_steps (--inner-steps) or train.batch_size (keys of the --config JSON), raise heldout, or give the job more data."
         ) from None

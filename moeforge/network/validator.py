@@ -77,6 +77,7 @@ class Validator:
         run_dir: Path | None = None,
         metrics_port: int | None = None,
         fault: Fault | None = None,
+        device: str = "cpu",
     ):
         self.chain, self.store, self.keypair, self.job, self.job_digest = chain, store, keypair, job, job_digest
         self.hotkey = keypair.ss58_address
@@ -84,7 +85,7 @@ class Validator:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.state = self._resume()
         self.observer = Observer("validator", self.hotkey, run_dir, metrics_port=metrics_port, fault=fault)
-        self.model, tokenizer = load_base(job.base_model, job.base_fingerprint)
+        self.model, tokenizer = load_base(job.base_model, job.base_fingerprint, device)
         self.heldout = heldout_rows(job, records, salt, tokenizer)
         self.current: ExpertSlice = extract_slice(self.model, job.slots, job.base_fingerprint)
         self.current_ref: StateRef | None = None  # None until a state fetched from the store is held

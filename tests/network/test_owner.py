@@ -52,6 +52,14 @@ def test_an_owner_restarted_on_its_run_folder_reuses_the_job_it_published(parts,
 
 def test_a_request_whose_samples_do_not_fit_the_held_out_split_is_refused_naming_the_options(parts, job_request, job_records):
     request = job_request.model_copy(update={"score_rows": 5000})
-    with pytest.raises(ConfigError, match="exceeds the .* held-out rows.*--score-rows"):
+    with pytest.raises(ConfigError, match="exceeds the .* held-out rows.*score_rows/merge_rows"):
         _owner(parts, request, job_records).publish()
     assert parts[0].commitment(OWNER.ss58_address) is None
+
+
+def test_held_out_sample_sizes_left_at_their_defaults_are_sized_to_a_small_data_set(parts, job_request, job_records):
+    fields = job_request.model_dump(exclude={"score_rows", "merge_rows"})
+    request = type(job_request)(**fields)  # score_rows, merge_rows at their defaults (32 + 32)
+    _, job = _owner(parts, request, job_records[:60]).publish()
+    assert job.heldout_rows < 64, "the data set should be too small for the default sizes"
+    assert job.score_rows + job.merge_rows == job.heldout_rows and min(job.score_rows, job.merge_rows) >= 1
