@@ -1,4 +1,4 @@
-"""Benchmark: every attack of `moeforge.network.adversary` against an in-process network, T trials each.
+"""Benchmark: every attack of `harness.adversary` against an in-process network, T trials each.
 
 Per trial (its own salt, so its own splits, shards and eval seeds): a two-round job on the small
 testbed with two honest miners, one adversary per attack class (a sybil group of three), an
@@ -25,8 +25,6 @@ from pathlib import Path
 import torch
 
 from moeforge.data.corpora import load_corpus
-from moeforge.network.adversary import ATTACKS, DishonestValidator, adversaries
-from moeforge.network.inprocess import InProcessNetwork
 from moeforge.network.owner import JobRequest
 from moeforge.network.state import base_state
 from moeforge.store.local import LocalStore
@@ -36,6 +34,10 @@ from moeforge.train.config import TrainConfig
 from moeforge.versions import software_versions
 
 from provenance import Run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
+from harness.adversary import ATTACKS, DishonestValidator, adversaries
+from harness.inprocess import InProcessNetwork
 
 RESULTS = Path(__file__).parent / "results" / "attacks.json"
 ROUNDS = 2

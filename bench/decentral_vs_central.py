@@ -36,6 +36,7 @@ import os
 import platform
 import statistics
 import tempfile
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,7 +51,6 @@ from moeforge.extract.package import MODES
 from moeforge.model.load import load_model
 from moeforge.model.slices import apply_slice, extract_slice, remove_delta
 from moeforge.network.checks import delta_slice, relative_norm_bound
-from moeforge.network.inprocess import InProcessNetwork
 from moeforge.network.jobdata import decode_train_rows, pack_rows, shard, split_job
 from moeforge.network.owner import JobRequest
 from moeforge.network.scoring import scoring_cost
@@ -65,6 +65,9 @@ from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
 from provenance import Run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
+from harness.inprocess import InProcessNetwork
 
 RESULTS = Path(__file__).parent / "results" / "decentral_vs_central.json"
 SALT = "bench-decentral-vs-central"

@@ -12,6 +12,7 @@ Prints a table and writes bench/results/esft_pilot.json.
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -28,16 +29,18 @@ from moeforge.model.load import load_model
 from moeforge.model.shipped import shipped_config
 from moeforge.model.sizing import size_of_model
 from moeforge.model.slices import apply_slice, remove_delta
-from moeforge.profile.overhead import profiling_overhead
 from moeforge.profile.selection import SelectConfig, coverage_selection, random_selection, select_experts
 from moeforge.profile.stats import ProfileConfig, profile_records
 from moeforge.testbed.build import build_testbed
 from moeforge.testbed.config import preset
-from moeforge.train.baselines import train_full, train_lora
 from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
 from provenance import Run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
+from harness.overhead import profiling_overhead
+from harness.baselines import train_full, train_lora
 
 RESULTS = Path(__file__).parent / "results" / "esft_pilot.json"
 QUICK = {"preset": "small", "profile_tokens": 4096, "train_tokens": 8192, "eval_tokens": 2048, "batch_size": 4}

@@ -17,15 +17,19 @@ import json
 import logging
 import random
 import tempfile
+import sys
 import time
 from pathlib import Path
 
-from moeforge.network.faults import POINTS, corrupt_objects, record_problems
+from moeforge.network.faults import POINTS
 from moeforge.network.local import NetworkPlan, run_local_network
 from moeforge.network.observe import read_events
 from moeforge.store.local import LocalStore
 
 from provenance import Run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
+from harness.faults import corrupt_objects, record_problems
 
 RESULTS = Path(__file__).parent / "results" / "faults.json"
 ROUNDS = 2

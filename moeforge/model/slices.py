@@ -12,9 +12,7 @@ bases), so that applying a delta and removing it are exact inverses.
 """
 
 import hashlib
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from moeforge.atomic import write_folder
 from moeforge.errors import ArtifactNotFound, DataError, ModelError
 from moeforge.json_file import read_json_model
 from moeforge.model.experts import ExpertSlot, ExpertWeights, find_layer, read_expert, shape_problems, write_expert
@@ -144,25 +143,24 @@ def check_fits(model, piece: ExpertSlice) -> None:
 
 def save_slice(piece: ExpertSlice, directory: Path) -> SliceManifest:
     """Write `experts.safetensors` and `manifest.json` into `directory`, atomically."""
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = piece.state_dict()
-    save_file(state, tmp / TENSORS_FILE, metadata={"format": "pt", "kind": piece.kind})
-    manifest = SliceManifest(
-        kind=piece.kind,
-        model_type=piece.model_type,
-        base_fingerprint=piece.base_fingerprint,
-        slots=tuple((s.layer, s.expert) for s in piece.slots),
-        tensors={k: TensorInfo(shape=tuple(t.shape), dtype=str(t.dtype).removeprefix("torch.")) for k, t in state.items()},
-        sha256=_sha256(tmp / TENSORS_FILE),
-    )
-    (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
-    return manifest
+    manifests = []
+
+    def fill(folder: Path) -> None:
+        save_file(state, folder / TENSORS_FILE, metadata={"format": "pt", "kind": piece.kind})
+        manifest = SliceManifest(
+            kind=piece.kind,
+            model_type=piece.model_type,
+            base_fingerprint=piece.base_fingerprint,
+            slots=tuple((s.layer, s.expert) for s in piece.slots),
+            tensors={k: TensorInfo(shape=tuple(t.shape), dtype=str(t.dtype).removeprefix("torch.")) for k, t in state.items()},
+            sha256=_sha256(folder / TENSORS_FILE),
+        )
+        (folder / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        manifests.append(manifest)
+
+    write_folder(Path(directory), fill)
+    return manifests[0]
 
 
 def load_slice(directory: Path, *, expect_fingerprint: str | None = None) -> ExpertSlice:

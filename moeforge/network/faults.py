@@ -1,4 +1,4 @@
-"""Fault injection for issue 6, a test hook: SIGKILL a role at a named point, and what a survivor must show.
+"""The fault hook roles honour, a small documented test seam: SIGKILL a role at a named point.
 
 A role is crash-safe when a SIGKILL at any instant, followed by a restart with the same command,
 wallet and run folder, loses nothing: the job still ends with a valid record, and no half-written
@@ -13,12 +13,13 @@ entering it; the rest are named where the role reaches them):
                (waiting for the rounds; with @r, once round r has started), history, evaluate,
                recorded (record in the store, result.json not yet written)
     miner      fetch, load, train, mid_training (half the inner steps done), after_commit,
-               mid_upload (half the delta written to the store's temp file), after_upload (the
+               mid_upload (half the delta written to the store's temp file; for
+               a store that uploads in one request, once it is sent), after_upload (the
                delta in the store, its reveal not yet on chain)
     validator  base_state, read_chain, fetch_check, score, merge, publish, after_publish (the
                result on chain, state.json not yet written), weights
 
-`corrupt_objects` and `record_problems` are what a fault trial is judged by (tests, bench/faults.py).
+What a fault trial is judged by lives with the test harness (`harness/faults.py`), outside the package.
 """
 
 import logging
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moeforge.errors import ConfigError
-from moeforge.store.protocol import Store, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -96,48 +96,3 @@ def die() -> None:
     """SIGKILL this process: no handler, no cleanup, no `finally` (what a crash or the OOM killer does)."""
     logging.shutdown()
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def put_half_then_die(store: Store, data: bytes) -> None:
-    """Die in the middle of uploading `data`: for a folder store, inside its own atomic install, after half the
-    bytes reached the temp file (what a kill during a large write leaves); for any other store, before the put."""
-    install = getattr(store, "_install", None)  # LocalStore's temp-file-then-rename writer
-    if install is None:
-        die()
-
-    def write_half(out) -> None:
-        out.write(data[: len(data) // 2])
-        out.flush()
-        os.fsync(out.fileno())
-        die()
-
-    install(sha256_hex(data), write_half)
-
-
-def corrupt_objects(store: Store) -> list[str]:
-    """Every object in `store` whose bytes do not hash to its name (a partial or flipped object a reader could see)."""
-    bad = []
-    for digest in store.digests():
-        try:
-            store.get(digest)  # re-hashes the bytes; StoreError if they do not match
-        except Exception as exc:  # noqa: BLE001 (a scan reports every unreadable object and goes on)
-            bad.append(f"{digest}: {exc}")
-    return bad
-
-
-def record_problems(record, rounds: int, miners: set[str]) -> list[str]:
-    """What is wrong with a finished job's `JobRecord` (empty when it is valid): every round recorded, the
-    contributions going to miners and summing to 1, and the held-out loss lower after the job than before."""
-    problems = []
-    if record is None:
-        return ["no record was written"]
-    if [e.round for e in record.rounds] != list(range(rounds)):
-        problems.append(f"rounds recorded {[e.round for e in record.rounds]}, expected 0..{rounds - 1}")
-    if not set(record.contributions) <= miners:
-        problems.append(f"contributions credit non-miners {sorted(set(record.contributions) - miners)}")
-    total = sum(record.contributions.values())
-    if abs(total - 1.0) > 1e-6:
-        problems.append(f"contributions sum to {total:.6f}, not 1")
-    if not record.heldout_loss_after < record.heldout_loss_before:
-        problems.append(f"held-out loss {record.heldout_loss_before:.4f} → {record.heldout_loss_after:.4f} did not fall")
-    return problems

@@ -45,7 +45,8 @@ from moeforge.network.history import RESULT_FILE, JobRecord
 from moeforge.network.job import JobSpec
 from moeforge.network.observe import read_events
 from moeforge.network.owner import JOB_FILE, JobRequest
-from moeforge.network.persist import read_model, write_atomic, write_model
+from moeforge.atomic import write_text
+from moeforge.network.persist import read_model, write_model
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ def start_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str,
         if m.stake is not None and have < m.stake:
             chain.add_stake(m.hotkey, m.stake - have)
     write_model(run / "request.json", plan.request)
-    write_atomic(run / "network.json", json.dumps({"chain": chain_url, "store": store_url, "members": [
+    write_text(run / "network.json", json.dumps({"chain": chain_url, "store": store_url, "members": [
         {"name": m.name, "role": m.role, "hotkey": m.hotkey, "run": str(m.run_dir), "mode": m.mode, "stake": m.stake}
         for m in members]}, indent=2) + "\n")
     net = LocalNetwork(plan, chain, chain_url, store_url, members)

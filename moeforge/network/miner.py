@@ -41,11 +41,11 @@ from moeforge.network.commitment import (
     encode_commitment,
     encode_reveal,
 )
-from moeforge.network.faults import Fault, put_half_then_die
+from moeforge.network.faults import Fault
 from moeforge.network.job import JobSpec
 from moeforge.network.jobdata import check_fingerprint, decode_train_rows, shard
 from moeforge.network.observe import Observer
-from moeforge.network.persist import write_atomic_bytes
+from moeforge.atomic import write_bytes
 from moeforge.network.shards import miner_shard
 from moeforge.network.state import StateRef, base_state, fetch_state
 from moeforge.network.transport import pack, unpack
@@ -153,8 +153,7 @@ class Miner:
         if self.chain.block() < self.job.schedule.commit_deadline(r):
             raise ChainError(f"round {r}: revealing before the commit deadline (block {self.job.schedule.commit_deadline(r)}) "
                              "would hide the commitment from validators; wait for the deadline first.")
-        self.observer.reached("mid_upload", before_death=lambda: put_half_then_die(self.store, prepared.data))
-        self.store.put(prepared.data)
+        self.store.put(prepared.data, progress=self._uploading)
         self.observer.reached("after_upload")
         block = self.chain.commit(self.keypair, encode_reveal(prepared.digest, r))
         late = block > self.job.schedule.reveal_deadline(r)
@@ -164,6 +163,11 @@ class Miner:
         self.observer.flush_metrics()
         self.forget(r)
         return block
+
+    def _uploading(self, done: int, total: int) -> None:
+        """A put's progress: half the delta written (into the store's temp file) is the `mid_upload` fault point."""
+        if 2 * done >= total:
+            self.observer.reached("mid_upload")
 
     def pending(self, r: int) -> Prepared | None:
         """The delta this miner kept for round r before committing to it (after a restart), or None."""
@@ -219,7 +223,7 @@ class Miner:
     def _keep(self, prepared: Prepared) -> None:
         path = self._pending_path(prepared.round)
         if path is not None:
-            write_atomic_bytes(path, prepared.data)
+            write_bytes(path, prepared.data)
 
     def forget(self, r: int) -> None:
         """Drop the delta kept for round r (revealed, or given up on)."""

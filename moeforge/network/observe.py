@@ -99,17 +99,14 @@ class Observer:
         self.metric("moeforge_failures_total").labels(step=step).inc()
         self.event("failure", None, step=step, round=round, error=f"{type(exc).__name__}: {exc}")
 
-    def reached(self, point: str, *, before_death=None) -> None:
-        """The role is at `point`: if the fault hook names it (in this round), record it and SIGKILL this process,
-        after calling `before_death()` if given (which may itself die part-way, as `faults.put_half_then_die` does)."""
+    def reached(self, point: str) -> None:
+        """The role is at `point`: if the fault hook names it (in this round), record it and SIGKILL this process."""
         if self.fault is None or not self.fault.matches(self.role, point, self.round):
             return
         log.warning("%s %s: fault hook %s (%s): killing this process with SIGKILL", self.role, self.hotkey[:10],
                     self.fault, "MOEFORGE_FAULT")
         self.event("fault", None, point=point, round=self.round, fault=str(self.fault), pid=os.getpid())
         mark_fired(self.fault, self.run_dir)
-        if before_death is not None:
-            before_death()
         die()
 
     @contextmanager

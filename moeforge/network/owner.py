@@ -40,7 +40,8 @@ from moeforge.network.faults import Fault
 from moeforge.network.job import JOB_ID, JobSpec, SplitSpec, publish_job, read_job
 from moeforge.network.jobdata import encode_train_rows, heldout_check, heldout_rows, load_base, pack_rows, split_job
 from moeforge.network.observe import Observer
-from moeforge.network.persist import read_model, write_atomic, write_model
+from moeforge.atomic import write_text
+from moeforge.network.persist import read_model, write_model
 from moeforge.network.schedule import RoundSchedule
 from moeforge.network.state import backed_report, base_state, fetch_state, pack_state, round_results
 from moeforge.profile.selection import SelectConfig, coverage_selection, select_experts
@@ -222,7 +223,7 @@ class Owner:
         digest = sha256_hex(spec.model_dump_json().encode("utf-8"))  # the bytes publish_job puts in the store
         if self.run_dir is not None:
             write_model(self.run_dir / JOB_FILE, spec)
-            write_atomic(self.run_dir / DIGEST_FILE, digest + "\n")
+            write_text(self.run_dir / DIGEST_FILE, digest + "\n")
         self.observer.reached("publishing")
         published, block = publish_job(spec, store=self.store, chain=self.chain, keypair=self.keypair)
         assert published == digest, "publish_job stores the spec as its JSON"

@@ -34,7 +34,8 @@ from moeforge.network.history import RoundReport
 from moeforge.network.job import JobSpec
 from moeforge.network.jobdata import heldout_rows, load_base
 from moeforge.network.observe import Observer
-from moeforge.network.persist import read_model, write_atomic, write_model
+from moeforge.atomic import write_text
+from moeforge.network.persist import read_model, write_model
 from moeforge.network.rating import RatingState, chain_weights, forget, round_scores, update_ratings
 from moeforge.network.state import StateRef, base_state, fetch_state, pack_state, read_report
 from moeforge.network.validator_round import RoundJudgement, judge_round
@@ -180,7 +181,7 @@ class Validator:
     def _persist(self, r: int, judgement: RoundJudgement, report: RoundReport, report_digest: str) -> None:
         accepted = {judgement.digests[h]: h for h, v in judgement.verdicts.items() if v.accepted and h in judgement.digests}
         if self.run_dir is not None:
-            write_atomic(self.run_dir / ROUNDS_DIR / f"{r}.json", report.model_dump_json(indent=2) + "\n")
+            write_text(self.run_dir / ROUNDS_DIR / f"{r}.json", report.model_dump_json(indent=2) + "\n")
         self._save(self.state.model_copy(update={
             "last_round": r,
             "accepted_digests": {**self.state.accepted_digests, **accepted},

@@ -1,7 +1,7 @@
 """Local folder backend, the default store: one read-only file per object at root/sha256/ab/<digest>.
 
-An object appears only through `os.replace` of a temp file in its own directory that has been
-fully written, fsynced and re-hashed, so no reader ever sees a partial object: a crash leaves
+An object appears only through `moeforge.atomic.write_file`: a temp file in its own directory,
+fully written, fsynced and re-hashed, then renamed into place, so no reader ever sees a partial object: a crash leaves
 at most a `.tmp-*` file, which reads and listings never look at. Processes writing the same
 object race harmlessly, since each installs the same bytes under the same name.
 """
@@ -9,17 +9,18 @@ object race harmlessly, since each installs the same bytes under the same name.
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 from typing import BinaryIO
 
+from moeforge.atomic import write_file
 from moeforge.errors import ArtifactNotFound, ConfigError, StoreError
 from moeforge.store.protocol import (
     CHUNK_BYTES,
     DEFAULT_MAX_OBJECT_BYTES,
+    Progress,
     check_content,
     check_digest,
     check_size,
@@ -28,6 +29,7 @@ from moeforge.store.protocol import (
     sha256_hex,
     sha256_stream,
     source_size,
+    write_in_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -49,11 +51,13 @@ class LocalStore:
     def __repr__(self) -> str:
         return f"LocalStore({self.url!r})"
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, *, progress: Progress | None = None) -> str:
         check_size(len(data), self.max_object_bytes, self.url, "the object")
         digest = sha256_hex(data)
         if not self.exists(digest):
-            self._install(digest, lambda out: out.write(data))
+            self._install(digest, lambda out: write_in_steps(out, data, progress))
+        elif progress is not None:
+            progress(len(data), len(data))
         return digest
 
     def put_file(self, path: str | PathLike[str]) -> str:
@@ -106,25 +110,11 @@ class LocalStore:
         )
 
     def _install(self, digest: str, write: Callable[[BinaryIO], object]) -> None:
-        """Write to a temp file beside the object, fsync, re-hash, then rename into place."""
+        """Write the object through `moeforge.atomic` (temp file beside it, fsync, rename), re-hashed before the rename."""
         final = self._path(digest)
         with self._os_errors(f"write object {digest}"):
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{digest[:16]}-", dir=final.parent)
-        temp = Path(name)
-        try:
-            with self._os_errors(f"write object {digest}"):
-                with os.fdopen(fd, "wb") as out:
-                    write(out)
-                    out.flush()
-                    os.fsync(out.fileno())
-                _check_written(temp, digest, self.url)
-                os.chmod(temp, 0o444)  # objects are immutable; a stray write fails loudly
-                os.replace(temp, final)
-        except BaseException:
-            temp.unlink(missing_ok=True)  # a killed process skips this; the temp file stays invisible
-            raise
-        _fsync_dir(final.parent)
+            write_file(final, write, check=lambda temp: _check_written(temp, digest, self.url), read_only=True,
+                       temp_prefix=f"{TEMP_PREFIX}{digest[:16]}-")
         log.debug("stored %s (%d bytes) in %s", digest, final.stat().st_size, self.url)
 
     @contextmanager
@@ -151,15 +141,3 @@ def _check_written(temp: Path, digest: str, store_url: str) -> None:
             f"object {digest} was not stored in {store_url}: the {n_bytes:,} bytes written hash to {actual}. "
             "The source changed while it was being stored, or the disk is failing; nothing was stored, retry."
         )
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,7 +7,7 @@ share code through the functions here, not through a base class (STYLE.md §4).
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from os import PathLike
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -16,7 +16,10 @@ from moeforge.errors import ArtifactNotFound, ConfigError, StoreError
 
 DEFAULT_MAX_OBJECT_BYTES = 2 * 1024**3  # 2 GiB: the largest expert state we expect, with room to spare
 CHUNK_BYTES = 1024 * 1024  # read size when streaming files through a hash
+PROGRESS_STEPS = 8  # a put reports its progress at least this often, whatever the object's size
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+
+Progress = Callable[[int, int], object]  # (bytes written so far, bytes in all), after each piece of a put
 
 
 class Store(Protocol):
@@ -25,7 +28,8 @@ class Store(Protocol):
     url: str  # where the store lives, without credentials: file:///… or s3://bucket/prefix?…
     max_object_bytes: int  # put/put_file refuse anything larger
 
-    def put(self, data: bytes) -> str: ...  # → digest; idempotent; StoreError if over max_object_bytes
+    def put(self, data: bytes, *, progress: Progress | None = None) -> str: ...  # → digest; idempotent; StoreError
+    # if over max_object_bytes; `progress(done, total)` after each piece written (once, at the end, for one request)
 
     def put_file(self, path: str | PathLike[str]) -> str: ...  # streams the file; → digest
 
@@ -41,6 +45,19 @@ class Store(Protocol):
 def sha256_hex(data: bytes) -> str:
     """The sha256 hex digest of data: the key it is stored under."""
     return hashlib.sha256(data).hexdigest()
+
+
+def write_in_steps(out: BinaryIO, data: bytes, progress: Progress | None) -> None:
+    """Write `data` to `out` in pieces (at most CHUNK_BYTES, at least PROGRESS_STEPS of them), reporting each."""
+    if progress is None:
+        out.write(data)
+        return
+    step = max(1, min(CHUNK_BYTES, -(-len(data) // PROGRESS_STEPS)))
+    for start in range(0, len(data), step):
+        out.write(data[start : start + step])
+        progress(min(start + step, len(data)), len(data))
+    if not data:
+        progress(0, 0)
 
 
 def sha256_stream(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> tuple[str, int]:

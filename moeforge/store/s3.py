@@ -23,6 +23,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from moeforge.errors import ArtifactNotFound, ConfigError, MoeforgeError, StoreError
 from moeforge.store.protocol import (
     DEFAULT_MAX_OBJECT_BYTES,
+    Progress,
     check_content,
     check_digest,
     check_size,
@@ -74,11 +75,13 @@ class S3Store:
     def __repr__(self) -> str:
         return f"S3Store({self.url!r})"
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, *, progress: Progress | None = None) -> str:
         check_size(len(data), self.max_object_bytes, self.url, "the object")
         digest = sha256_hex(data)
         if not self.exists(digest):
             self._put_object(digest, data)
+        if progress is not None:
+            progress(len(data), len(data))  # one request: nothing to report before it is done
         return digest
 
     def put_file(self, path: str | PathLike[str]) -> str:

@@ -9,7 +9,6 @@ folder and renamed into place, so an interrupted build never looks finished.
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from transformers import AutoModelForCausalLM
 
+from moeforge.atomic import write_folder
 from moeforge.data.corpora import load_corpus
 from moeforge.data.fingerprint import fingerprint_records
 from moeforge.data.formatting import encode_records
@@ -143,13 +143,10 @@ def _plain_text(records) -> list[Record]:
 
 
 def _write(out_dir: Path, model, tokenizer, report: TestbedReport) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / REPORT).write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / REPORT).write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
+
+    write_folder(out_dir, fill)
     log.info("testbed written to %s", out_dir)

@@ -1,1 +1,1 @@
-"""Fine-tuning: the selected experts as their own parameters, one explicit loop, checkpoints, baselines."""
+"""Fine-tuning: the selected experts as their own parameters, one explicit loop, checkpoints."""

@@ -1,9 +1,8 @@
 """Training checkpoints: trainable tensors, AdamW state and RNG as safetensors, progress as JSON.
 
 Never pickle: a checkpoint is `run_dir/checkpoint/state.safetensors` plus `progress.json`. It is
-written into `checkpoint.partial/` and renamed into place (the previous one is kept as
-`checkpoint.old/` until the rename is done), so a crash at any moment leaves a whole
-checkpoint behind. Restoring the tensors, the optimizer state and the RNG state makes a resumed
+written by `moeforge.atomic.write_folder` (the previous one kept as `checkpoint.old/` until the new
+one is in place), so a crash at any moment leaves a whole checkpoint behind. Restoring the tensors, the optimizer state and the RNG state makes a resumed
 run bit-identical to one that was never interrupted.
 """
 
@@ -17,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from moeforge.atomic import OLD_SUFFIX, PARTIAL_SUFFIX, previous_folder, write_folder
 
 from moeforge.errors import DataError
 from moeforge.train.config import TrainConfig
@@ -61,28 +62,21 @@ def save_checkpoint(run_dir: Path, progress: Progress, params: list[nn.Parameter
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for d, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{d}"] = state
-    run_dir = Path(run_dir)
-    final, tmp, old = run_dir / CHECKPOINT_DIR, run_dir / f"{CHECKPOINT_DIR}.partial", run_dir / f"{CHECKPOINT_DIR}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, tmp / TENSORS_FILE, metadata={"format": "pt", "step": str(progress.step)})
-    (tmp / PROGRESS_FILE).write_text(progress.model_dump_json(indent=1) + "\n")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def fill(folder: Path) -> None:
+        save_file(tensors, folder / TENSORS_FILE, metadata={"format": "pt", "step": str(progress.step)})
+        (folder / PROGRESS_FILE).write_text(progress.model_dump_json(indent=1) + "\n")
+
+    final = write_folder(Path(run_dir) / CHECKPOINT_DIR, fill)
     log.debug("checkpoint at step %d written to %s", progress.step, final)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The run's latest whole checkpoint, or None if it has none."""
     run_dir = Path(run_dir)
-    directory = run_dir / CHECKPOINT_DIR
-    if not directory.is_dir():
-        directory = run_dir / f"{CHECKPOINT_DIR}.old"  # a crash between the two renames
-        if not directory.is_dir():
-            return None
+    directory = previous_folder(run_dir / CHECKPOINT_DIR)  # or the one a crash between write_folder's renames left
+    if directory is None:
+        return None
     try:
         progress = Progress.model_validate_json((directory / PROGRESS_FILE).read_text())
         tensors = load_file(directory / TENSORS_FILE)
@@ -94,7 +88,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
 
 
 def remove_checkpoint(run_dir: Path) -> None:
-    for name in (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old", f"{CHECKPOINT_DIR}.partial"):
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + OLD_SUFFIX, CHECKPOINT_DIR + PARTIAL_SUFFIX):
         shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
 
 

@@ -1,7 +1,7 @@
 """Issue 6's attack suite: honest and adversarial miners (and a dishonest validator) in one process.
 
 One job of two rounds on the small testbed: two honest miners, one adversary per attack class of
-`moeforge.network.adversary` (a sybil group of three), an honest validator (stake 100) and a
+`harness.adversary` (a sybil group of three), an honest validator (stake 100) and a
 dishonest one (stake 50) that publishes a wrong merged state. A second, one-round job with a loose
 norm bound shows the NaN-batch exploit is refused by the loss check when the norm bound lets it
 through. Each test checks one attack class: refused with the expected reason in the round report,
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from moeforge.data.formatting import encode_records
-from moeforge.network.adversary import ATTACKS, DishonestValidator, adversaries, canary_path
+from harness.adversary import ATTACKS, DishonestValidator, adversaries, canary_path
 from moeforge.network.checks import Reject
-from moeforge.network.inprocess import InProcessNetwork
+from harness.inprocess import InProcessNetwork
 from moeforge.network.jobdata import split_job
 from moeforge.network.observe import METRICS_FILE, read_events
 from moeforge.network.state import base_state

@@ -18,8 +18,8 @@ import pytest
 
 from moeforge.errors import ConfigError
 from moeforge.network.commitment import ResultPayload, decode_result
-from moeforge.network.faults import Fault, parse_fault, record_problems
-from moeforge.network.faults import corrupt_objects
+from harness.faults import corrupt_objects, record_problems
+from moeforge.network.faults import Fault, parse_fault
 from moeforge.network.local import NetworkPlan, start_local_network
 from moeforge.network.observe import Observer, read_events
 from moeforge.network.persist import read_model
@@ -74,7 +74,7 @@ class Killed(BaseException):
 @pytest.mark.slow
 def test_a_validator_killed_after_publishing_rejudges_the_same_state_and_publishes_nothing_twice(
         tmp_path, job_request, job_records, monkeypatch):
-    from moeforge.network.inprocess import InProcessNetwork
+    from harness.inprocess import InProcessNetwork
     from moeforge.network.validator import Validator
 
     net = InProcessNetwork.create(tmp_path, LocalStore(tmp_path / "store"), job_request.model_copy(update={"rounds": 1}),

@@ -11,7 +11,7 @@ from moeforge.chain.keys import keypair_from_uri
 from moeforge.data.formatting import encode_records
 from moeforge.network.checks import Reject
 from moeforge.network.history import RESULT_FILE, JobRecord
-from moeforge.network.inprocess import InProcessNetwork
+from harness.inprocess import InProcessNetwork
 from moeforge.network.jobdata import split_job
 from moeforge.network.miner import Miner, Prepared
 from moeforge.network.observe import read_events

@@ -87,11 +87,11 @@ def test_a_miner_killed_after_committing_reveals_the_very_bytes_it_committed_to(
 
 def test_a_miner_never_reveals_bytes_other_than_the_ones_on_chain(miner, tmp_path):
     from moeforge.network.miner import take_part
-    from moeforge.network.persist import write_atomic_bytes
+    from moeforge.atomic import write_bytes
 
     miner.chain.step(12)
     assert miner.commit(_signed())
-    write_atomic_bytes(tmp_path / "miner" / "pending" / "0.delta", _signed(value=0.25).data)  # not what it committed to
+    write_bytes(tmp_path / "miner" / "pending" / "0.delta", _signed(value=0.25).data)  # not what it committed to
     miner.chain.step(15 - miner.chain.block())
     take_part(miner, 0, poll_s=0.01)
     assert decode_commitment(miner.chain.commitment(MINER.ss58_address).data).round == 0  # still the commitment

@@ -3,7 +3,8 @@ import os
 import pytest
 
 from moeforge.errors import ConfigError
-from moeforge.network.persist import read_model, write_atomic, write_model
+from moeforge.atomic import write_text
+from moeforge.network.persist import read_model, write_model
 from moeforge.network.rating import RatingState
 
 
@@ -17,14 +18,14 @@ def test_a_model_written_atomically_reads_back_and_a_missing_file_is_none(tmp_pa
 
 
 def test_a_write_that_fails_midway_leaves_the_old_file_whole_and_no_temp_file(tmp_path, monkeypatch):
-    path = write_atomic(tmp_path / "state.json", "old\n")
+    path = write_text(tmp_path / "state.json", "old\n")
 
     def crash(*_):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        write_atomic(path, "new\n")
+        write_text(path, "new\n")
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from moeforge.errors import ConfigError
-from moeforge.profile.overhead import profiling_overhead
+from harness.overhead import profiling_overhead
 from tests.model.tiny import tiny_model
 
 

@@ -55,6 +55,19 @@ def test_put_then_get_returns_the_same_bytes_under_their_sha256(store):
     assert store.get(digest) == data
 
 
+def test_a_put_reports_its_progress_ending_with_every_byte(store):
+    data = os.urandom(10_000)
+    seen = []
+    store.put(data, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (10_000, 10_000) and all(total == 10_000 for _, total in seen)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    if store.url.startswith("file:"):  # a folder store writes in pieces, reporting each
+        assert len(seen) == 8 and seen[3] == (5_000, 10_000)
+    seen.clear()
+    store.put(data, progress=lambda done, total: seen.append((done, total)))  # already there: done at once
+    assert seen == [(10_000, 10_000)]
+
+
 def test_empty_object_round_trips(store):
     digest = store.put(b"")
     assert digest == hashlib.sha256(b"").hexdigest()

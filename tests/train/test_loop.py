@@ -10,7 +10,7 @@ from moeforge.errors import ConfigError, ModelError
 from moeforge.model.experts import ExpertSlot, read_expert
 from moeforge.model.fingerprint import model_fingerprint
 from moeforge.model.slices import apply_slice, remove_delta
-from moeforge.train.baselines import train_full, train_lora
+from harness.baselines import train_full, train_lora
 from moeforge.train.config import DEFAULT_STEPS, TrainConfig
 from moeforge.train.esft import train_experts
 from moeforge.train.loop import train

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from moeforge.data.packing import Packed
+from moeforge.extras import require
 from moeforge.model.families import family_of
 from moeforge.train.config import TrainConfig
 from moeforge.train.loop import train
@@ -56,7 +57,8 @@ def train_lora(
     resume: bool = True,
 ):
     """Train LoRA adapters, merge them into `model` (in place); (the merged model, result)."""
-    from peft import LoraConfig, get_peft_model
+    (peft,) = require("bench", "the LoRA baseline")
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
     family = family_of(model.config)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
