@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from moeforge.train.metrics import StepInfo
 
 
 @contextmanager
@@ -22,9 +23,8 @@ def training_bar(label: str, console: Console | None = None) -> Iterator[Callabl
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(label, total=None, stats="")
 
-        def on_step(info) -> None:  # a moeforge.testbed.pretrain.StepInfo
-            balance = getattr(info, "balance_loss", None)  # pre-training also reports its balance loss
-            extra = f" · balance {balance:.3f}" if balance is not None else ""
+        def on_step(info: StepInfo) -> None:
+            extra = "".join(f" · {name} {value:.3f}" for name, value in info.terms.items())
             stats = f"loss {info.loss:.3f}{extra} · {info.tokens_per_s:,.0f} tok/s"
             progress.update(task, total=info.steps, completed=info.step, stats=stats)
 

@@ -26,7 +26,8 @@ from moeforge.errors import ConfigError
 from moeforge.model.loss import mean_token_loss
 from moeforge.model.sizing import size_of_model
 from moeforge.testbed.config import EVAL_DOMAINS, GENERAL_DOMAINS, TestbedConfig, deepseek_config
-from moeforge.testbed.pretrain import StepCallback, pretrain
+from moeforge.testbed.pretrain import pretrain
+from moeforge.train.metrics import StepCallback
 from moeforge.testbed.tokenizer import train_tokenizer
 from moeforge.versions import software_versions
 
@@ -78,7 +79,7 @@ def build_testbed(
     model = AutoModelForCausalLM.from_config(config)
     log.info("pre-training %s for %d steps on %d tokens", type(model).__name__, cfg.steps, train.n_tokens)
     started = time.perf_counter()
-    history = pretrain(
+    result = pretrain(
         model, train.input_ids, train.labels,
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, aux_loss_coef=cfg.aux_loss_coef, seed=cfg.seed, on_step=on_step,
@@ -94,7 +95,7 @@ def build_testbed(
         train_tokens=tokens,
         train_seconds=round(seconds, 2),
         train_tokens_per_s=round(tokens / seconds, 1),
-        final_train_loss=sum(h.loss for h in history[-10:]) / len(history[-10:]),
+        final_train_loss=result.final_loss,
         domain_losses={d: round(v, 4) for d, v in losses.items()},
         data_fingerprint=fingerprint_records(train_records),
         versions=software_versions(),

@@ -1,33 +1,22 @@
-"""Pre-training loop for the testbed: AdamW, warm-up then cosine decay, a Switch-style balance loss.
+"""Pre-training for the testbed: every parameter through the one training loop, plus a Switch-style balance loss.
 
 HF's DeepSeek classes compute no load-balancing loss (DESIGN.md), so the router's choices are
-read through `RoutingRecorder` and the loss of Fedus et al. (2021) is added per MoE layer:
-E · Σ_i f_i · P_i, with f_i the share of top-k slots sent to expert i and P_i its mean router
-probability.
+read through `RoutingRecorder` and the loss of Fedus et al. (2021) is added per MoE layer as a
+`LossTerm` of `train/loop.py`: E · Σ_i f_i · P_i, with f_i the share of top-k slots sent to
+expert i and P_i its mean router probability. AdamW, warm-up then cosine decay, clipping at 1.0:
+the loop's own.
 """
-
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from moeforge.data.packing import row_order
+from moeforge.data.packing import Packed
+from moeforge.data.formatting import IGNORE_INDEX
 from moeforge.model.routing import RoutingRecorder, RoutingTrace
-from moeforge.train.schedule import lr_at
+from moeforge.train.config import TrainConfig
+from moeforge.train.loop import LossTerm, train
+from moeforge.train.metrics import StepCallback, TrainResult
 
-
-@dataclass(frozen=True)
-class StepInfo:
-    step: int  # 1-based
-    steps: int
-    loss: float  # language-model loss of this step's batch
-    balance_loss: float
-    tokens_per_s: float
-    lr: float
-
-
-StepCallback = Callable[[StepInfo], None]
+BALANCE = "balance"  # the term's name in each step's `terms`
 
 
 def balance_loss(trace: RoutingTrace, num_experts: int) -> torch.Tensor:
@@ -53,40 +42,15 @@ def pretrain(
     aux_loss_coef: float,
     seed: int,
     on_step: StepCallback | None = None,
-) -> list[StepInfo]:
-    """Train every parameter of `model` for `steps` batches drawn in a seeded order."""
-    model.train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95),
-    )
-    order = row_order(input_ids.shape[0], steps * batch_size, seed)
+) -> TrainResult:
+    """Train every parameter of `model` for `steps` batches drawn in a seeded order; the model is left in eval mode."""
+    cfg = TrainConfig(lr=lr, steps=steps, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
+                      seed=seed, checkpoint_every=0)
+    packed = Packed(input_ids=input_ids, labels=labels, n_tokens=int(input_ids.numel()),
+                    n_loss_tokens=int((labels != IGNORE_INDEX).sum()))
     num_experts = model.config.n_routed_experts
-    history = []
     with RoutingRecorder(model, keep_logits=True) as recorder:
-        for step in range(steps):
-            started = time.perf_counter()
-            rows = order[step * batch_size : (step + 1) * batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, steps, lr, warmup_steps)
-            lm_loss = model(input_ids=input_ids[rows], labels=labels[rows]).loss
-            aux = balance_loss(recorder.pop(), num_experts)
-            (lm_loss + aux_loss_coef * aux).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            info = StepInfo(
-                step=step + 1,
-                steps=steps,
-                loss=lm_loss.item(),
-                balance_loss=aux.item(),
-                tokens_per_s=len(rows) * input_ids.shape[1] / (time.perf_counter() - started),
-                lr=optimizer.param_groups[0]["lr"],
-            )
-            history.append(info)
-            if on_step is not None:
-                on_step(info)
+        balance = LossTerm(BALANCE, lambda: balance_loss(recorder.pop(), num_experts), aux_loss_coef)
+        result = train(model, list(model.parameters()), packed, cfg, on_step=on_step, terms=[balance])
     model.eval()
-    return history
+    return result

@@ -1,7 +1,8 @@
 """The training loop: AdamW over the given parameters only, written out step by step.
 
-One loop serves ESFT (the selected experts), full fine-tuning and LoRA; they differ only in
-which parameters they pass. Per optimizer step: set the learning rate (linear warm-up then
+One loop serves ESFT (the selected experts), full fine-tuning, LoRA and the testbed's
+pre-training; they differ only in which parameters they pass and in extra loss terms (`LossTerm`,
+e.g. pre-training's router balance loss) added to the language-model loss. Per optimizer step: set the learning rate (linear warm-up then
 cosine decay, `schedule.lr_at`), run `grad_accum` micro-batches of `batch_size` rows with
 each loss weighted by its share of the step's labelled tokens (so 2 × b rows accumulated equal
 one batch of 2b), clip the global gradient norm, step, and report. Rows are drawn in a seeded
@@ -15,6 +16,8 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +47,16 @@ CONFIG_FILE = "config.json"
 BETAS = (0.9, 0.95)
 
 
+@dataclass(frozen=True)
+class LossTerm:
+    """`weight · compute()` added to each micro-batch's loss; `compute` is called right after the forward pass
+    (reading what it recorded, e.g. the router's choices) and its mean is reported per step as `terms[name]`."""
+
+    name: str
+    compute: Callable[[], torch.Tensor]
+    weight: float
+
+
 class RunConfig(BaseModel):
     """`run_dir/config.json`: the exact config and versions beside the run's outputs."""
 
@@ -66,6 +79,7 @@ def train(
     on_step: StepCallback | None = None,
     resume: bool = True,
     identity: dict[str, str] | None = None,
+    terms: Sequence[LossTerm] = (),
 ) -> TrainResult:
     """Train `params` (and nothing else) on `packed` with loss `model(input_ids, labels=labels).loss`.
 
@@ -108,14 +122,14 @@ def train(
                 started = time.perf_counter()
                 lr = lr_at(step, steps, cfg.lr, cfg.warmup_steps)
                 rows = order[step * cfg.rows_per_step : (step + 1) * cfg.rows_per_step]
-                loss, grad_norm = _train_step(model, params, optimizer, packed, rows, cfg, lr, bf16, memory)
+                loss, grad_norm, term_means = _train_step(model, params, optimizer, packed, rows, cfg, lr, bf16, memory, terms)
                 elapsed = time.perf_counter() - started
                 seconds += elapsed
                 step_tokens = len(rows) * seq_len
                 tokens += step_tokens
                 info = StepInfo(
                     step=step + 1, steps=steps, loss=loss, lr=lr, grad_norm=grad_norm,
-                    tokens=tokens, tokens_per_s=step_tokens / elapsed,
+                    tokens=tokens, tokens_per_s=step_tokens / elapsed, terms=term_means,
                 )
                 history.append(info)
                 log.debug("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f", info.step, steps, loss, lr, grad_norm)
@@ -155,8 +169,9 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
     return float(torch.nn.utils.clip_grad_norm_(params, limit))
 
 
-def _train_step(model, params, optimizer, packed: Packed, rows, cfg: TrainConfig, lr: float, bf16: bool, memory: PeakMemory):
-    """One optimizer step over `rows`; returns (token-weighted mean loss, gradient norm before clipping)."""
+def _train_step(model, params, optimizer, packed: Packed, rows, cfg: TrainConfig, lr: float, bf16: bool, memory: PeakMemory,
+                terms: Sequence[LossTerm]):
+    """One optimizer step over `rows`; (token-weighted mean loss, gradient norm before clipping, mean of each term)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     device = params[0].device
@@ -164,6 +179,7 @@ def _train_step(model, params, optimizer, packed: Packed, rows, cfg: TrainConfig
     counts = [int((packed.labels[r, 1:] != IGNORE_INDEX).sum()) for r in micro_batches]  # the loss shifts labels by one
     total = sum(counts)
     loss_sum = 0.0
+    term_sums = dict.fromkeys((t.name for t in terms), 0.0)
     for r, n in zip(micro_batches, counts):
         if n == 0:
             continue  # nothing to learn here (the loss would be 0/0)
@@ -171,11 +187,16 @@ def _train_step(model, params, optimizer, packed: Packed, rows, cfg: TrainConfig
         with memory.micro_batch():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = model(input_ids=input_ids, labels=labels, use_cache=False).loss
-            (loss * (n / total)).backward()
+                objective = loss
+                for term in terms:
+                    value = term.compute()
+                    objective = objective + term.weight * value
+                    term_sums[term.name] += value.item() * n
+            (objective * (n / total)).backward()
         loss_sum += loss.item() * n
     if total == 0:
         log.warning("a step of %d rows had no labelled tokens; skipped", len(rows))
-        return float("nan"), 0.0
+        return float("nan"), 0.0, {name: float("nan") for name in term_sums}
     mean_loss = loss_sum / total
     if not math.isfinite(mean_loss):
         raise ConfigError(
@@ -185,7 +206,7 @@ def _train_step(model, params, optimizer, packed: Packed, rows, cfg: TrainConfig
     grad_norm = clip_gradients(params, cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return mean_loss, grad_norm
+    return mean_loss, grad_norm, {name: value / total for name, value in term_sums.items()}
 
 
 def _adamw(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:

@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
@@ -17,6 +17,7 @@ class StepInfo:
     grad_norm: float  # global gradient norm before clipping
     tokens: int  # tokens processed so far in the run, this step included
     tokens_per_s: float  # this step's throughput
+    terms: dict[str, float] = field(default_factory=dict)  # each extra loss term's mean (unweighted), e.g. "balance"
 
 
 StepCallback = Callable[[StepInfo], None]

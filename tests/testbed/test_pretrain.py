@@ -30,8 +30,9 @@ def test_pretraining_lowers_the_loss_and_trains_routers():
     pattern = torch.arange(32).remainder(7) + 10  # a learnable repeating sequence
     ids = pattern.repeat(16, 1)
     history = pretrain(model, ids, ids.clone(), steps=30, batch_size=4, lr=1e-2, warmup_steps=2, weight_decay=0.0,
-                       aux_loss_coef=0.01, seed=0)
+                       aux_loss_coef=0.01, seed=0).history
     assert len(history) == 30 and history[-1].step == 30
+    assert all(set(h.terms) == {"balance"} and 0 < h.terms["balance"] < 4 for h in history)  # 1 when balanced, E collapsed
     assert history[-1].loss < history[0].loss / 2
     assert not torch.equal(router_before, model.model.layers[1].mlp.gate.weight)
     assert not model.training
