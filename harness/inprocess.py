@@ -25,6 +25,7 @@ from moeforge.extract.package import MinerMode
 from moeforge.network.history import JobRecord, RoundReport
 from moeforge.network.miner import Miner, Prepared
 from moeforge.network.owner import JobRequest, Owner
+from moeforge.network.role import RoleContext
 from moeforge.network.validator import Validator
 from moeforge.store.protocol import Store
 
@@ -89,14 +90,14 @@ class InProcessNetwork:
             chain.register(key.ss58_address)
         for key, stake in zip(validator_keys, validator_stakes, strict=True):
             chain.add_stake(key.ss58_address, stake)
-        owner = Owner(chain=chain, store=store, keypair=owner_key, request=request, records=records, salt=salt, run_dir=run_dir / "job")
+        owner = Owner(RoleContext(chain, store, owner_key, run_dir=run_dir / "job"), request=request, records=records, salt=salt)
         return cls(chain, store, owner, miner_keys, list(miner_modes), validator_keys, list(records), salt, run_dir)
 
     def publish(self):
         """Publish the job and start every miner and validator on it; → the JobSpec."""
         self.job_digest, job = self.owner.publish()
         self.miners = [
-            Miner(chain=self.chain, store=self.store, keypair=key, job=job, mode=mode, run_dir=self.run_dir / f"miner-{i}")
+            Miner(RoleContext(self.chain, self.store, key, run_dir=self.run_dir / f"miner-{i}"), job=job, mode=mode)
             for i, (key, mode) in enumerate(zip(self.miner_keys, self.miner_modes, strict=True))
         ]
         self.validators = [self._validator(j) for j in range(len(self.validator_keys))]
@@ -156,7 +157,5 @@ class InProcessNetwork:
         return self.chain.step(block - head) if head < block else head
 
     def _validator(self, j: int) -> Validator:
-        return Validator(
-            chain=self.chain, store=self.store, keypair=self.validator_keys[j], job=self.owner.job, job_digest=self.job_digest,
-            records=self.records, salt=self.salt, run_dir=self.run_dir / f"validator-{j}",
-        )
+        ctx = RoleContext(self.chain, self.store, self.validator_keys[j], run_dir=self.run_dir / f"validator-{j}")
+        return Validator(ctx, job=self.owner.job, job_digest=self.job_digest, records=self.records, salt=self.salt)

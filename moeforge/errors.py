@@ -43,3 +43,7 @@ class StoreError(MoeforgeError):
 
 class PayloadError(MoeforgeError):
     """An uploaded payload is malformed, unsigned, or signed by another key than it claims."""
+
+
+class RoleFailed(MoeforgeError):
+    """A role process of a local network exited with an error (its log says why)."""

@@ -46,6 +46,7 @@ def run(
     from moeforge.errors import ConfigError
     from moeforge.network.job import wait_for_job
     from moeforge.network.miner import Miner, run_miner
+    from moeforge.network.role import RoleContext
 
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
@@ -54,7 +55,7 @@ def run(
     chain_, store_ = open_chain_url(chain), open_store_url(store)
     _, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout)
     with training_bar(f"miner {keypair.ss58_address[:10]} ({mode})", console) as on_step:
-        miner = Miner(chain=chain_, store=store_, keypair=keypair, job=job, mode=mode,
-                      run_dir=run or default_run("miner", keypair.ss58_address), metrics_port=metrics_port, on_step=on_step,
-                      fault=fault, device=device)
+        ctx = RoleContext(chain_, store_, keypair, run_dir=run or default_run("miner", keypair.ss58_address),
+                          metrics_port=metrics_port, fault=fault, device=device)
+        miner = Miner(ctx, job=job, mode=mode, on_step=on_step)
         run_miner(miner)

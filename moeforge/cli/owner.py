@@ -41,8 +41,8 @@ RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Rounds in the j
 InnerStepsOpt = Annotated[int | None, typer.Option("--inner-steps", help="H: optimizer steps a miner trains per round [default: 16].")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Miners' peak learning rate [default: 2e-3].")]
 BlockSecondsOpt = Annotated[float | None, typer.Option("--block-seconds", help="The chain's block time the schedule is sized for [default: 1].")]
-TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase [default: 35].")]
-ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase [default: 12].")]
+TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase [default: 60].")]
+ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase [default: 30].")]
 
 
 def job_request(config: Path | None, model: Path, domain: str, defaults: dict | None = None, **flags):
@@ -86,6 +86,7 @@ def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_
            metrics_port, device, **flags):
     from moeforge.cli import settings
     from moeforge.network.owner import Owner
+    from moeforge.network.role import RoleContext
 
     fault = settings.fault()
     salt = require_salt(salt)
@@ -93,9 +94,9 @@ def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_
     records, domain = read_job_data(data, prompt_field, response_field, text_field)
     request = job_request(config, model, domain, **flags)
     keypair = hotkey_of(wallet, wallet_path)
-    return Owner(chain=open_chain_url(chain), store=open_store_url(store), keypair=keypair, request=request, records=records,
-                 salt=salt, run_dir=run or default_run("owner", keypair.ss58_address), metrics_port=metrics_port,
-                 fault=fault, device=device)
+    ctx = RoleContext(open_chain_url(chain), open_store_url(store), keypair, run_dir=run or default_run("owner", keypair.ss58_address),
+                      metrics_port=metrics_port, fault=fault, device=device)
+    return Owner(ctx, request=request, records=records, salt=salt)
 
 
 @app.command()

@@ -50,6 +50,7 @@ def run(
     from moeforge.cli import settings
     from moeforge.network.job import wait_for_job
     from moeforge.network.validator import Validator, run_validator
+    from moeforge.network.role import RoleContext
 
     fault = settings.fault()
     salt = require_salt(salt)
@@ -57,7 +58,7 @@ def run(
     keypair = hotkey_of(wallet, wallet_path)
     chain_, store_ = open_chain_url(chain), open_store_url(store)
     digest, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout)
-    validator = Validator(chain=chain_, store=store_, keypair=keypair, job=job, job_digest=digest, records=records, salt=salt,
-                          run_dir=run or default_run("validator", keypair.ss58_address), metrics_port=metrics_port,
-                          fault=fault, device=device)
+    ctx = RoleContext(chain_, store_, keypair, run_dir=run or default_run("validator", keypair.ss58_address),
+                      metrics_port=metrics_port, fault=fault, device=device)
+    validator = Validator(ctx, job=job, job_digest=digest, records=records, salt=salt)
     run_validator(validator)

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from moeforge.errors import ConfigError, MoeforgeError
+from moeforge.atomic import write_text
+from moeforge.errors import ConfigError, RoleFailed
 from moeforge.extract.package import MinerMode
 from moeforge.network.faults import ENV as FAULT_ENV
 from moeforge.network.faults import parse_fault
@@ -45,7 +46,6 @@ from moeforge.network.history import RESULT_FILE, JobRecord
 from moeforge.network.job import JobSpec
 from moeforge.network.observe import read_events
 from moeforge.network.owner import JOB_FILE, JobRequest
-from moeforge.atomic import write_text
 from moeforge.network.persist import read_model, write_model
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,6 @@ LOG_FILE = "process.log"
 STOP_GRACE_S = 10.0
 MAX_RESTARTS = 5  # per role, under wait(restart_killed=True): a role killed over and over is a failure
 _PUBLISH_TIMEOUT_S = 900.0  # the owner profiles and selects before the job exists
-
-
-class RoleFailed(MoeforgeError):
-    """A role process of a local network exited with an error."""
 
 
 class NetworkPlan(BaseModel):

@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from moeforge.atomic import write_bytes
 from moeforge.chain.protocol import Chain, not_registered, wait_for_block
 from moeforge.errors import ChainError, ConfigError, PayloadError
 from moeforge.extract.package import MODES, MinerMode, reduce_for_mode
@@ -41,15 +42,13 @@ from moeforge.network.commitment import (
     encode_commitment,
     encode_reveal,
 )
-from moeforge.network.faults import Fault
 from moeforge.network.job import JobSpec
 from moeforge.network.jobdata import check_fingerprint, decode_train_rows, shard
-from moeforge.network.observe import Observer
-from moeforge.atomic import write_bytes
+from moeforge.network.role import RoleContext
 from moeforge.network.shards import miner_shard
 from moeforge.network.state import StateRef, base_state, fetch_state
 from moeforge.network.transport import pack, unpack
-from moeforge.store.protocol import Store, sha256_hex
+from moeforge.store.protocol import sha256_hex
 from moeforge.train.esft import train_experts
 from moeforge.train.metrics import StepCallback, TrainResult
 
@@ -73,30 +72,17 @@ class Prepared:
 class Miner:
     """One miner hotkey working on one job."""
 
-    def __init__(
-        self,
-        *,
-        chain: Chain,
-        store: Store,
-        keypair,
-        job: JobSpec,
-        mode: MinerMode = "full",
-        run_dir: Path | None = None,
-        metrics_port: int | None = None,
-        on_step: StepCallback | None = None,
-        fault: Fault | None = None,
-        device: str = "cpu",
-    ):
+    def __init__(self, ctx: RoleContext, *, job: JobSpec, mode: MinerMode = "full", on_step: StepCallback | None = None):
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
-        self.chain, self.store, self.keypair, self.job, self.mode = chain, store, keypair, job, mode
-        self.hotkey = keypair.ss58_address
-        if chain.metagraph().by_hotkey(self.hotkey) is None:
-            raise ChainError(not_registered(self.hotkey, chain.metagraph().netuid))
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.observer = Observer("miner", self.hotkey, run_dir, metrics_port=metrics_port, fault=fault)
+        self.chain, self.store, self.keypair, self.job, self.mode = ctx.chain, ctx.store, ctx.keypair, job, mode
+        self.hotkey = ctx.hotkey
+        if self.chain.metagraph().by_hotkey(self.hotkey) is None:
+            raise ChainError(not_registered(self.hotkey, self.chain.metagraph().netuid))
+        self.run_dir = Path(ctx.run_dir) if ctx.run_dir is not None else None
+        self.observer = ctx.observer("miner")
         self.on_step = on_step
-        self.device = resolve_device(device)  # where the miner trains; a bad --device fails before any work
+        self.device = resolve_device(ctx.device)  # where the miner trains; a bad --device fails before any work
         self._rows = None  # the job's train rows, fetched once
 
     def prepare(self, r: int) -> Prepared:

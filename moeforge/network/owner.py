@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from moeforge.chain.protocol import Chain
+from moeforge.atomic import write_text
 from moeforge.data.fingerprint import fingerprint_records
 from moeforge.data.records import Record
 from moeforge.errors import ChainError, ConfigError
@@ -36,17 +36,15 @@ from moeforge.model.device import resolve_device
 from moeforge.model.fingerprint import model_fingerprint
 from moeforge.model.slices import apply_slice, extract_slice
 from moeforge.network.history import RESULT_FILE, JobRecord, contribution_shares, round_entry
-from moeforge.network.faults import Fault
 from moeforge.network.job import JOB_ID, JobSpec, SplitSpec, publish_job, read_job
 from moeforge.network.jobdata import encode_train_rows, heldout_check, heldout_rows, load_base, pack_rows, split_job
-from moeforge.network.observe import Observer
-from moeforge.atomic import write_text
 from moeforge.network.persist import read_model, write_model
+from moeforge.network.role import RoleContext
 from moeforge.network.schedule import RoundSchedule
 from moeforge.network.state import backed_report, base_state, fetch_state, pack_state, round_results
 from moeforge.profile.selection import SelectConfig, coverage_selection, select_experts
 from moeforge.profile.stats import ProfileConfig, default_seq_len, profile_records
-from moeforge.store.protocol import Store, sha256_hex
+from moeforge.store.protocol import sha256_hex
 from moeforge.train.config import TrainConfig
 from moeforge.versions import software_versions
 
@@ -92,26 +90,13 @@ class JobRequest(BaseModel):
 class Owner:
     """The job's owner hotkey: publishes the job and writes its record."""
 
-    def __init__(
-        self,
-        *,
-        chain: Chain,
-        store: Store,
-        keypair,
-        request: JobRequest,
-        records: list[Record],
-        salt: str,
-        run_dir: Path | None = None,
-        metrics_port: int | None = None,
-        fault: Fault | None = None,
-        device: str = "cpu",
-    ):
-        self.chain, self.store, self.keypair, self.request = chain, store, keypair, request
-        self.device = resolve_device(device)  # where the owner's profiling and held-out losses run
+    def __init__(self, ctx: RoleContext, *, request: JobRequest, records: list[Record], salt: str):
+        self.chain, self.store, self.keypair, self.request = ctx.chain, ctx.store, ctx.keypair, request
+        self.device = resolve_device(ctx.device)  # where the owner's profiling and held-out losses run
         self.records, self.salt = records, salt
-        self.hotkey = keypair.ss58_address
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.observer = Observer("owner", self.hotkey, run_dir, metrics_port=metrics_port, fault=fault)
+        self.hotkey = ctx.hotkey
+        self.run_dir = Path(ctx.run_dir) if ctx.run_dir is not None else None
+        self.observer = ctx.observer("owner")
         self.job: JobSpec | None = None
         self.job_digest: str | None = None
 

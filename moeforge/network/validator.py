@@ -24,22 +24,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from moeforge.chain.protocol import Chain, require_permit, wait_for_block
+from moeforge.atomic import write_text
+from moeforge.chain.protocol import require_permit, wait_for_block
 from moeforge.data.records import Record
 from moeforge.errors import ConfigError
 from moeforge.model.slices import ExpertSlice, apply_slice, extract_slice
 from moeforge.network.commitment import ResultPayload, decode_result, encode_result
-from moeforge.network.faults import Fault
 from moeforge.network.history import RoundReport
 from moeforge.network.job import JobSpec
 from moeforge.network.jobdata import heldout_rows, load_base
-from moeforge.network.observe import Observer
-from moeforge.atomic import write_text
 from moeforge.network.persist import read_model, write_model
+from moeforge.network.role import RoleContext
 from moeforge.network.rating import RatingState, chain_weights, forget, round_scores, update_ratings
 from moeforge.network.state import StateRef, base_state, fetch_state, pack_state, read_report
 from moeforge.network.validator_round import RoundJudgement, judge_round
-from moeforge.store.protocol import Store
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +63,14 @@ class ValidatorState(BaseModel):
 class Validator:
     """One validator hotkey judging one job; `run_dir` holds its resumable state."""
 
-    def __init__(
-        self,
-        *,
-        chain: Chain,
-        store: Store,
-        keypair,
-        job: JobSpec,
-        job_digest: str,
-        records: list[Record],
-        salt: str,
-        run_dir: Path | None = None,
-        metrics_port: int | None = None,
-        fault: Fault | None = None,
-        device: str = "cpu",
-    ):
-        self.chain, self.store, self.keypair, self.job, self.job_digest = chain, store, keypair, job, job_digest
-        self.hotkey = keypair.ss58_address
-        require_permit(chain.metagraph(), self.hotkey)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+    def __init__(self, ctx: RoleContext, *, job: JobSpec, job_digest: str, records: list[Record], salt: str):
+        self.chain, self.store, self.keypair, self.job, self.job_digest = ctx.chain, ctx.store, ctx.keypair, job, job_digest
+        self.hotkey = ctx.hotkey
+        require_permit(self.chain.metagraph(), self.hotkey)
+        self.run_dir = Path(ctx.run_dir) if ctx.run_dir is not None else None
         self.state = self._resume()
-        self.observer = Observer("validator", self.hotkey, run_dir, metrics_port=metrics_port, fault=fault)
-        self.model, tokenizer = load_base(job.base_model, job.base_fingerprint, device)
+        self.observer = ctx.observer("validator")
+        self.model, tokenizer = load_base(job.base_model, job.base_fingerprint, ctx.device)
         self.heldout = heldout_rows(job, records, salt, tokenizer)
         self.current: ExpertSlice = extract_slice(self.model, job.slots, job.base_fingerprint)
         self.current_ref: StateRef | None = None  # None until a state fetched from the store is held

@@ -16,6 +16,7 @@ from moeforge.network.jobdata import split_job
 from moeforge.network.miner import Miner, Prepared
 from moeforge.network.observe import read_events
 from moeforge.network.persist import read_model
+from moeforge.network.role import RoleContext
 from moeforge.network.state import base_state
 from moeforge.network.transport import pack, unpack
 from moeforge.network.validator import STATE_FILE, Validator, ValidatorState
@@ -85,12 +86,12 @@ def network(tmp_path_factory, job_request, job_records):
     for key in (cheater_key, copier_key):
         net.chain.register(key.ss58_address)
     job = net.publish()
-    net.miners[0] = Recording(chain=net.chain, store=net.store, keypair=net.miner_keys[0], job=job, run_dir=run / "miner-0")
-    net.miners.append(NanMiner(chain=net.chain, store=net.store, keypair=cheater_key, job=job, run_dir=run / "cheater"))
-    net.miners.append(Copier(chain=net.chain, store=net.store, keypair=copier_key, job=job, run_dir=run / "copier"))
+    net.miners[0] = Recording(RoleContext(net.chain, net.store, net.miner_keys[0], run_dir=run / "miner-0"), job=job)
+    net.miners.append(NanMiner(RoleContext(net.chain, net.store, cheater_key, run_dir=run / "cheater"), job=job))
+    net.miners.append(Copier(RoleContext(net.chain, net.store, copier_key, run_dir=run / "copier"), job=job))
     net.miners[-1].victim = net.miners[0]
-    net.validators[1] = Dissenter(chain=net.chain, store=net.store, keypair=net.validator_keys[1], job=job,
-                                  job_digest=net.job_digest, records=job_records, salt=SALT, run_dir=run / "validator-1")
+    net.validators[1] = Dissenter(RoleContext(net.chain, net.store, net.validator_keys[1], run_dir=run / "validator-1"), job=job,
+                                  job_digest=net.job_digest, records=job_records, salt=SALT)
     facts = {"bases": {}}
     for r in range(ROUNDS):
         if r == DISSENT_ROUND:

@@ -6,6 +6,7 @@ from moeforge.errors import ChainError, ConfigError
 from moeforge.network.commitment import decode_commitment, decode_reveal, verify_commitment
 from moeforge.network.miner import Miner, Prepared, first_round
 from moeforge.network.observe import read_events
+from moeforge.network.role import RoleContext
 from moeforge.network.state import StateRef
 from moeforge.store.local import LocalStore
 from moeforge.store.protocol import sha256_hex
@@ -24,7 +25,7 @@ def test_a_miner_starts_with_the_first_round_whose_commit_deadline_it_can_still_
 def miner(tmp_path):
     chain = LocalChain(tmp_path / "chain.sqlite", block_seconds=0)
     chain.register(MINER.ss58_address)
-    return Miner(chain=chain, store=LocalStore(tmp_path / "store"), keypair=MINER, job=JOB, run_dir=tmp_path / "miner")
+    return Miner(RoleContext(chain, LocalStore(tmp_path / "store"), MINER, run_dir=tmp_path / "miner"), job=JOB)
 
 
 def _prepared(r: int = 0) -> Prepared:
@@ -55,9 +56,9 @@ def test_a_miner_that_trained_past_the_deadline_does_not_commit_and_says_so(mine
 def test_a_miner_refuses_an_unknown_mode_and_an_unregistered_hotkey(tmp_path):
     chain = LocalChain(tmp_path / "chain.sqlite", block_seconds=0)
     with pytest.raises(ConfigError, match="--mode 'turbo'"):
-        Miner(chain=chain, store=LocalStore(tmp_path / "s"), keypair=MINER, job=JOB, mode="turbo")
+        Miner(RoleContext(chain, LocalStore(tmp_path / "s"), MINER), job=JOB, mode="turbo")
     with pytest.raises(ChainError, match="not registered"):
-        Miner(chain=chain, store=LocalStore(tmp_path / "s"), keypair=MINER, job=JOB)
+        Miner(RoleContext(chain, LocalStore(tmp_path / "s"), MINER), job=JOB)
 
 
 def _signed(r: int = 0, value: float = 0.5):
@@ -77,7 +78,7 @@ def test_a_miner_killed_after_committing_reveals_the_very_bytes_it_committed_to(
     miner.chain.step(12)
     prepared = _signed()
     assert miner.commit(prepared) and (tmp_path / "miner" / "pending" / "0.delta").read_bytes() == prepared.data
-    restarted = Miner(chain=miner.chain, store=miner.store, keypair=MINER, job=JOB, run_dir=tmp_path / "miner")
+    restarted = Miner(RoleContext(miner.chain, miner.store, MINER, run_dir=tmp_path / "miner"), job=JOB)
     miner.chain.step(15 - miner.chain.block())  # the commit deadline
     take_part(restarted, 0, poll_s=0.01)  # a fresh process: no training, the kept delta
     assert decode_reveal(miner.chain.commitment(MINER.ss58_address).data).digest == prepared.digest

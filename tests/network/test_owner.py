@@ -9,6 +9,7 @@ from moeforge.model.slices import extract_slice
 from moeforge.network.job import read_job
 from moeforge.network.jobdata import decode_train_rows
 from moeforge.network.owner import Owner
+from moeforge.network.role import RoleContext
 from moeforge.network.state import StateRef, fetch_state
 from moeforge.store.local import LocalStore
 from tests.network.conftest import SALT
@@ -25,7 +26,7 @@ def parts(tmp_path):
 
 def _owner(parts, request, records):
     chain, store, run = parts
-    return Owner(chain=chain, store=store, keypair=OWNER, request=request, records=records, salt=SALT, run_dir=run)
+    return Owner(RoleContext(chain, store, OWNER, run_dir=run), request=request, records=records, salt=SALT)
 
 
 def test_publishing_puts_the_train_rows_and_the_base_experts_in_the_store_and_names_the_job_on_chain(parts, job_request, job_records):

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from moeforge.errors import ConfigError
 from moeforge.atomic import write_text
+from moeforge.errors import ConfigError
 from moeforge.network.persist import read_model, write_model
 from moeforge.network.rating import RatingState
 
