@@ -1,5 +1,7 @@
 """Session fixtures shared across the suite: one small testbed build, made once."""
 
+import os
+
 import pytest
 import torch
 
@@ -15,6 +17,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_home(tmp_path_factory):
+    """MOEFORGE_HOME in a temp folder: nothing the suite remembers (data salts, caches) lands in the user's home."""
+    previous = os.environ.get("MOEFORGE_HOME")
+    os.environ["MOEFORGE_HOME"] = str(tmp_path_factory.mktemp("moeforge-home"))
+    yield
+    if previous is None:
+        os.environ.pop("MOEFORGE_HOME", None)
+    else:
+        os.environ["MOEFORGE_HOME"] = previous
 
 
 @pytest.fixture(scope="session", autouse=True)

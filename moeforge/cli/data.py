@@ -13,6 +13,7 @@ from rich.table import Table
 from moeforge.data.fingerprint import fingerprint_records
 from moeforge.data.readers import DataSpec, ReadReport, read_records
 from moeforge.data.records import Record
+from moeforge.data.salts import HELDOUT, VALIDATION, salt_for
 from moeforge.data.splits import Splits, check_split, split_records
 from moeforge.errors import ConfigError
 
@@ -46,30 +47,29 @@ def prepare(
     ] = None,
     response_field: Annotated[str | None, typer.Option(help="Field with the response to learn.")] = None,
     text_field: Annotated[
-        str, typer.Option(help="Field with plain text, when no prompt/response fields are named.")
-    ] = "text",
+        str | None, typer.Option(help="Field with plain text. With no field flag, the fields are detected "
+                                      "(prompt/response, question/answer, instruction/output, messages, text).")
+    ] = None,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip bad records (counted and listed) instead of stopping.")
     ] = False,
     max_chars: Annotated[int, typer.Option(min=1, help="Longest record, in characters.")] = 200_000,
     salt: Annotated[
         str | None,
-        typer.Option(envvar="MOEFORGE_DATA_SALT", show_envvar=True, help="Secret that decides the held-out split."),
+        typer.Option(envvar="MOEFORGE_DATA_SALT", show_envvar=True,
+                     help="Secret that decides the held-out split; default: the one remembered for this file (a new one "
+                          "the first time), as every other command uses."),
     ] = None,
-    validation: Annotated[float, typer.Option(help="Fraction of records for validation.")] = 0.05,
-    heldout: Annotated[float, typer.Option(help="Fraction of records held out for scoring.")] = 0.10,
+    validation: Annotated[float, typer.Option(help="Fraction of records for validation (other commands use 0.05).")] = VALIDATION,
+    heldout: Annotated[float, typer.Option(help="Fraction of records held out for scoring (other commands use 0.10).")] = HELDOUT,
     tokenizer: Annotated[
         Path | None, typer.Option(help="Local tokenizer folder; also count tokens and packed rows.")
     ] = None,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per packed row (with --tokenizer).")] = 256,
 ) -> None:
-    """Read PATH, split it into train / validation / held-out, and print counts and a fingerprint."""
-    if not salt:
-        raise ConfigError(
-            "no held-out salt: pass --salt SECRET or set MOEFORGE_DATA_SALT. The salt decides which records "
-            "are held out; use a long random string and keep it private."
-        )
-    check_split(salt, validation, heldout)  # option mistakes first, before reading a large file
+    """Read PATH, split it into train / validation / held-out (the split `profile`, `train` and `eval` use), and print
+    counts and a fingerprint."""
+    check_split(salt or "-", validation, heldout)  # option mistakes first, before reading a large file
     spec = _spec(
         format=fmt,
         prompt_field=prompt_field,
@@ -79,11 +79,15 @@ def prepare(
         max_chars=max_chars,
     )
     report = read_records(path, spec)
+    fingerprint = fingerprint_records(report.records)
+    from moeforge.cli import settings
+
+    salt, salt_source = salt_for(fingerprint, salt, settings.home())
     splits = split_records(report.records, salt, validation=validation, heldout=heldout)
     counts = {name: f"{len(records):,} records" for name, records in _named(splits)}
     if tokenizer is not None:
         counts = _token_counts(splits, _load_tokenizer(tokenizer), seq_len)
-    _print(report, counts, fingerprint_records(report.records))
+    _print(report, counts, fingerprint, salt_source)
 
 
 def _spec(**fields: object) -> DataSpec:
@@ -130,7 +134,7 @@ def _token_counts(splits: Splits, tokenizer: "PreTrainedTokenizerBase", seq_len:
     return counts
 
 
-def _print(report: ReadReport, counts: dict[str, str], fingerprint: str) -> None:
+def _print(report: ReadReport, counts: dict[str, str], fingerprint: str, salt_source: str) -> None:
     console = Console()  # made per call so it writes to the stdout of the moment (tests capture it)
     console.print(f"[bold]{escape(report.path)}[/bold]", highlight=False, soft_wrap=True)
     table = Table(show_header=False)
@@ -138,10 +142,13 @@ def _print(report: ReadReport, counts: dict[str, str], fingerprint: str) -> None
     table.add_column("value")
     table.add_row("records read", f"{len(report.records):,}")
     table.add_row("skipped", f"{len(report.skipped):,}")
+    if report.fields:
+        table.add_row("fields", escape(report.fields + (" (detected)" if report.detected else "")))
     for name, value in counts.items():
         table.add_row(name, value)
     console.print(table)
     console.print(f"fingerprint {fingerprint}", highlight=False, soft_wrap=True)  # unwrapped, to copy whole
+    console.print(f"salt {escape(salt_source)}", highlight=False, soft_wrap=True)
     for skipped in report.skipped[:_SHOWN_SKIPS]:
         console.print(f"skipped {escape(skipped.source)}: {escape(skipped.reason)}", highlight=False, soft_wrap=True)
     if len(report.skipped) > _SHOWN_SKIPS:

@@ -43,9 +43,6 @@ MetricsPortOpt = Annotated[
 OwnerOpt = Annotated[str, typer.Option("--owner", help="The job owner's hotkey (ss58): whose job to work on.")]
 JobTimeoutOpt = Annotated[float, typer.Option("--job-timeout", min=1, help="Seconds to wait for the owner to publish its job.")]
 DataOpt = Annotated[str, typer.Option("--data", help=f"The job's data file, or a vendored corpus ({', '.join(DOMAINS)}; its train split).")]
-PromptFieldOpt = Annotated[str | None, typer.Option("--prompt-field", help="Data file field with the prompt (loss masked).")]
-ResponseFieldOpt = Annotated[str | None, typer.Option("--response-field", help="Data file field with the response to learn.")]
-TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Data file field with plain text.")]
 SaltOpt = Annotated[
     str | None,
     typer.Option("--salt", envvar="MOEFORGE_DATA_SALT", show_envvar=True,

@@ -7,7 +7,7 @@ file or folder, so every command reports bad input alike.
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -16,6 +16,9 @@ from pydantic import BaseModel, ValidationError
 from moeforge.data.corpora import DOMAINS
 from moeforge.errors import ArtifactNotFound, ConfigError
 from moeforge.json_file import shown, validation_problems
+
+if TYPE_CHECKING:
+    from moeforge.data.salts import SplitName
 
 
 def validated(model_class: type[BaseModel], **fields):
@@ -68,6 +71,18 @@ def _no_file_above(path: Path, name: str) -> None:
             return
 
 
+PromptFieldOpt = Annotated[str | None, typer.Option("--prompt-field", help=(
+    "Data file field with the prompt (loss masked); with --response-field. Without field flags the fields are detected: "
+    "prompt/response, question/answer, instruction/output, messages, text."))]
+ResponseFieldOpt = Annotated[str | None, typer.Option("--response-field", help="Data file field with the response to learn.")]
+TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Data file field with plain text, all of it learnt.")]
+MessagesFieldOpt = Annotated[str | None, typer.Option(
+    "--messages-field", help="Data file field with a chat list ({role, content}); the last, assistant message is learnt.")]
+DataSaltOpt = Annotated[str | None, typer.Option(
+    "--salt", envvar="MOEFORGE_DATA_SALT", show_envvar=True,
+    help="Secret that splits a data file into train / validation / held-out; default: the one remembered for the file.")]
+
+
 def job_records(
     data: str,
     split: Literal["train", "test"],
@@ -76,12 +91,47 @@ def job_records(
     prompt_field: str | None = None,
     response_field: str | None = None,
     text_field: str | None = None,
+    messages_field: str | None = None,
 ):
-    """A data file read with the field flags, or a vendored corpus's `split` when `data` names one."""
+    """Every record of a data file read with the field flags (detected when none is given), or a vendored corpus's
+    `split` when `data` names one."""
+    return _read_data(data, split, flag, prompt_field=prompt_field, response_field=response_field, text_field=text_field,
+                      messages_field=messages_field)[0]
+
+
+def split_data(
+    data: str,
+    split: "SplitName",
+    *,
+    flag: str = "--data",
+    salt: str | None = None,
+    **fields: str | None,
+):
+    """(records, SplitNote): a data file's `split` under its one salt (moeforge.data.salts), or a vendored corpus's
+    own split (train for "train", else test). Every command that reads job data for itself goes through here."""
+    from moeforge.cli import settings
+    from moeforge.data.fingerprint import fingerprint_records
+    from moeforge.data.salts import SplitNote, choose, salt_for
+
+    records, report = _read_data(data, "train" if split == "train" else "test", flag, **fields)
+    if report is None:
+        name = "train" if split == "train" else "test"
+        return records, SplitNote(data=data, data_fingerprint=None, split=name, records=len(records),
+                                  counts={name: len(records)}, salt_source="none: the vendored corpus's own split")
+    fingerprint = fingerprint_records(records)
+    secret, source = salt_for(fingerprint, salt, settings.home())
+    chosen, splits = choose(records, fingerprint, split, secret)
+    counts = {"train": len(splits.train), "validation": len(splits.validation), "heldout": len(splits.heldout)}
+    read = (f"fields {report.fields}" + (", detected" if report.detected else "")) if report.fields else "plain text"
+    return chosen, SplitNote(data=f"{data} ({read})", data_fingerprint=fingerprint, split=split, records=len(chosen),
+                             counts=counts, salt_source=source)
+
+
+def _read_data(data: str, corpus_split: str, flag: str, **fields: str | None):
+    """(records, ReadReport or None for a vendored corpus)."""
     from moeforge.data.corpora import load_corpus
     from moeforge.data.readers import DataSpec, read_records
 
-    fields = {"prompt_field": prompt_field, "response_field": response_field, "text_field": text_field}
     given = {name: value for name, value in fields.items() if value is not None}
     path = Path(data)
     if not path.exists() and data in DOMAINS:
@@ -91,15 +141,14 @@ def job_records(
                 f"{named} apply to data files, but {data!r} is a vendored corpus with its own fields. "
                 "Drop the flags, or pass a data file."
             )
-        return load_corpus(data, split)
+        return load_corpus(data, corpus_split), None
     if not path.exists():
         raise ConfigError(
             f"{flag} {data!r}: neither a vendored corpus ({', '.join(DOMAINS)}) nor an existing data file or folder. "
             f"Check the path (relative paths start at {Path.cwd()})."
         )
-    if text_field is None and prompt_field is None:
-        given["text_field"] = "text"
-    return read_records(path, validated(DataSpec, **given)).records
+    report = read_records(path, validated(DataSpec, **given))
+    return report.records, report
 
 
 def selected_on(selection, experts: Path, base, model: Path) -> str:

@@ -1,6 +1,8 @@
 """Root of the `moeforge` CLI, and the one place that turns errors into exit codes."""
 
 import logging
+import os
+import sys
 
 import typer
 from rich.console import Console
@@ -62,6 +64,19 @@ def _root(
         handlers=[RichHandler(console=err_console, show_path=False)],
         force=True,
     )
+    _quiet_hugging_face(verbose)
+
+
+def _quiet_hugging_face(verbose: bool) -> None:
+    """One progress display, ours: Hugging Face's own bars ("Loading weights", "Writing model shards") and its
+    advisory warnings are turned off (its warnings come back with --verbose), here and in the roles we start."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ["TRANSFORMERS_VERBOSITY"] = "warning" if verbose else "error"
+    if "transformers" in sys.modules:  # imported already: its settings were read at import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity(hf_logging.WARNING if verbose else hf_logging.ERROR)
 
 
 def _register() -> None:

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from moeforge.cli.endpoints import DataOpt, MetricsPortOpt, PromptFieldOpt, ResponseFieldOpt, TextFieldOpt
-from moeforge.cli.inputs import DeviceOption
+from moeforge.cli.endpoints import DataOpt, MetricsPortOpt
+from moeforge.cli.inputs import DeviceOption, PromptFieldOpt, ResponseFieldOpt, TextFieldOpt
 from moeforge.cli.owner import BlockSecondsOpt, ConfigOpt, InnerStepsOpt, LrOpt, RoundsOpt, ScoreBlocksOpt, TrainBlocksOpt
 from moeforge.errors import ConfigError
 from moeforge.cli.endpoints import MODES

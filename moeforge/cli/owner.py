@@ -12,12 +12,9 @@ from moeforge.cli.endpoints import (
     ChainOpt,
     DataOpt,
     MetricsPortOpt,
-    PromptFieldOpt,
-    ResponseFieldOpt,
     RunOpt,
     SaltOpt,
     StoreOpt,
-    TextFieldOpt,
     WalletOpt,
     WalletPathOpt,
     default_run,
@@ -28,7 +25,7 @@ from moeforge.cli.endpoints import (
     require_model,
     require_salt,
 )
-from moeforge.cli.inputs import DeviceOption, flag
+from moeforge.cli.inputs import DeviceOption, PromptFieldOpt, ResponseFieldOpt, TextFieldOpt, flag
 from moeforge.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="Publish a job (base model, data, experts, schedule) and record how it went.")

@@ -13,10 +13,23 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from moeforge.cli.inputs import DeviceOption, job_records, load_checkpoint, output_dir, output_file, validated
+from moeforge.cli.inputs import (
+    DataSaltOpt,
+    DeviceOption,
+    MessagesFieldOpt,
+    PromptFieldOpt,
+    ResponseFieldOpt,
+    TextFieldOpt,
+    load_checkpoint,
+    output_dir,
+    output_file,
+    split_data,
+    validated,
+)
 from moeforge.data.corpora import DOMAINS
 from moeforge.errors import ConfigError
 
@@ -35,7 +48,7 @@ def profile(
         Path,
         typer.Argument(
             help=f"Domain data: a .jsonl/.csv/.txt/.parquet file or saved HF dataset, "
-            f"or a vendored corpus ({', '.join(DOMAINS)}; its train split)."
+            f"or a vendored corpus ({', '.join(DOMAINS)}; its train split). A file's train split is profiled (as `train` uses)."
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help=f"Folder for {PROFILE_FILE} and {HEATMAP_FILE}.")],
@@ -44,9 +57,11 @@ def profile(
     seq_len: Annotated[
         int | None, typer.Option(help="Tokens per packed row (default: the model's context, at most 256).")
     ] = None,
-    prompt_field: Annotated[str | None, typer.Option(help="Field with the prompt; needs --response-field.")] = None,
-    response_field: Annotated[str | None, typer.Option(help="Field with the response.")] = None,
-    text_field: Annotated[str | None, typer.Option(help="Field with plain text (default 'text'), when no prompt/response fields.")] = None,
+    prompt_field: PromptFieldOpt = None,
+    response_field: ResponseFieldOpt = None,
+    text_field: TextFieldOpt = None,
+    messages_field: MessagesFieldOpt = None,
+    salt: DataSaltOpt = None,
     no_saliency: Annotated[
         bool, typer.Option("--no-saliency", help="Skip REAP saliency (saves one pass through the routed experts).")
     ] = False,
@@ -59,7 +74,9 @@ def profile(
 
     config = validated(ProfileConfig, tokens=tokens, seq_len=seq_len, batch_size=batch_size, saliency=not no_saliency)
     output_dir(out, "--out")
-    records = job_records(str(data), "train", flag="DATA", prompt_field=prompt_field, response_field=response_field, text_field=text_field)
+    records, note = split_data(str(data), "train", flag="DATA", salt=salt, prompt_field=prompt_field,
+                               response_field=response_field, text_field=text_field, messages_field=messages_field)
+    console.print(f"profiling {escape(note.describe())}", highlight=False, soft_wrap=True)
     base, tokenizer = load_checkpoint(model, device)
     with _profiling_bar() as on_batch:
         result = profile_records(base, tokenizer, records, config, on_batch=on_batch)

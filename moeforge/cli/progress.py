@@ -1,17 +1,19 @@
 """Rich progress bars for long work; library code reports through callbacks, the CLI draws."""
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from moeforge.train.metrics import StepInfo
+from moeforge.train.metrics import FINAL_LOSS_STEPS, StepInfo
 
 
 @contextmanager
 def training_bar(label: str, console: Console | None = None) -> Iterator[Callable]:
-    """A bar that advances once per training step and shows the loss and throughput."""
+    """A bar that advances once per training step and shows the loss (the mean of the last ten steps, the figure the
+    run's summary calls its final loss) and throughput."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -22,10 +24,12 @@ def training_bar(label: str, console: Console | None = None) -> Iterator[Callabl
     )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(label, total=None, stats="")
+        recent: deque[float] = deque(maxlen=FINAL_LOSS_STEPS)
 
         def on_step(info: StepInfo) -> None:
+            recent.append(info.loss)
             extra = "".join(f" · {name} {value:.3f}" for name, value in info.terms.items())
-            stats = f"loss {info.loss:.3f}{extra} · {info.tokens_per_s:,.0f} tok/s"
+            stats = f"loss {sum(recent) / len(recent):.3f}{extra} · {info.tokens_per_s:,.0f} tok/s"
             progress.update(task, total=info.steps, completed=info.step, stats=stats)
 
         yield on_step

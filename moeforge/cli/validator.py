@@ -9,12 +9,9 @@ from moeforge.cli.endpoints import (
     JobTimeoutOpt,
     MetricsPortOpt,
     OwnerOpt,
-    PromptFieldOpt,
-    ResponseFieldOpt,
     RunOpt,
     SaltOpt,
     StoreOpt,
-    TextFieldOpt,
     WalletOpt,
     WalletPathOpt,
     default_run,
@@ -24,7 +21,7 @@ from moeforge.cli.endpoints import (
     read_job_data,
     require_salt,
 )
-from moeforge.cli.inputs import DeviceOption
+from moeforge.cli.inputs import DeviceOption, PromptFieldOpt, ResponseFieldOpt, TextFieldOpt
 
 app = typer.Typer(no_args_is_help=True, help="Validate: score every submission by Proof-of-Loss, merge the best, set weights.")
 

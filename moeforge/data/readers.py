@@ -7,6 +7,7 @@ no records at all) always raises.
 """
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -17,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from moeforge.data.fields import SKIP_HINT, UTF8_HINT, Problem, describe, row_to_record, undecodable_at
+from moeforge.data.fields import SKIP_HINT, UTF8_HINT, FieldChoice, Problem, describe, undecodable_at
 from moeforge.data.records import Record
 from moeforge.errors import DataError
 
@@ -46,7 +47,9 @@ class DataSpec(BaseModel):
     format: Format = "auto"                        # auto: by suffix, or a saved HF dataset folder
     prompt_field: str | None = None                # named with response_field: loss on the response only
     response_field: str | None = None
-    text_field: str | None = "text"                # used when prompt/response fields are not named
+    text_field: str | None = None                  # plain text, the whole of it learnt
+    messages_field: str | None = None              # a chat list; the last (assistant) message is the response
+    # none of the four named: detected from the first row (moeforge.data.fields.FieldChoice)
     on_error: Literal["raise", "skip"] = "raise"   # skip: bad records are counted in ReadReport.skipped
     max_chars: int = Field(200_000, ge=1)          # a longer record is a bad record
 
@@ -54,8 +57,9 @@ class DataSpec(BaseModel):
     def _names_a_record(self) -> "DataSpec":
         if (self.prompt_field is None) != (self.response_field is None):
             raise ValueError("name --prompt-field and --response-field together, or neither to use --text-field")
-        if self.prompt_field is None and self.text_field is None:
-            raise ValueError("name a --text-field, or both --prompt-field and --response-field")
+        named = [self.prompt_field is not None, self.text_field is not None, self.messages_field is not None]
+        if sum(named) > 1:
+            raise ValueError("name --prompt-field with --response-field, or --text-field, or --messages-field: one of them")
         if self.prompt_field is not None and self.prompt_field == self.response_field:
             raise ValueError(f"--prompt-field and --response-field are both {self.prompt_field!r}; they must differ")
         return self
@@ -72,6 +76,8 @@ class ReadReport:
     records: tuple[Record, ...]
     skipped: tuple[Skipped, ...]
     path: str  # as the caller gave it, so messages match what the user typed
+    fields: str = ""  # the fields read, e.g. "question → prompt, answer → response" (empty for plain text files)
+    detected: bool = False  # whether `fields` were detected (no field was named)
 
 
 def read_records(path: str | Path, spec: DataSpec = DataSpec()) -> ReadReport:
@@ -84,7 +90,9 @@ def read_records(path: str | Path, spec: DataSpec = DataSpec()) -> ReadReport:
         raise DataError(f"{path}: is a folder, but format {fmt!r} reads one file. Pass a file, or --format hf.")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty; expected {_EXPECTED[fmt]}. Check the path or re-export the data.")
-    return _collect(str(path), fmt, _READERS[fmt](path, spec), spec)
+    choice = FieldChoice(spec.prompt_field, spec.response_field, spec.text_field, spec.messages_field)
+    report = _collect(str(path), fmt, _READERS[fmt](path, choice), spec)
+    return dataclasses.replace(report, fields=choice.describe() if fmt != "text" else "", detected=choice.detected)
 
 
 def detect_format(path: Path) -> str:
@@ -140,10 +148,6 @@ def _check_size(record: Record, max_chars: int) -> Record | Problem:
     return record
 
 
-def _fields(spec: DataSpec) -> dict[str, str | None]:
-    return {"prompt_field": spec.prompt_field, "response_field": spec.response_field, "text_field": spec.text_field}
-
-
 def _read_text(path: Path) -> str:
     """The file as text; bytes that are not UTF-8 survive as surrogates, so the line can be named."""
     try:
@@ -159,7 +163,7 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
         yield number, line.removesuffix("\r")
 
 
-def _jsonl(path: Path, spec: DataSpec) -> Iterator[Item]:
+def _jsonl(path: Path, fields: FieldChoice) -> Iterator[Item]:
     text = _read_text(path)
     _reject_whole_document(path, text)
     for number, line in _lines(text):
@@ -179,7 +183,7 @@ def _jsonl(path: Path, spec: DataSpec) -> Iterator[Item]:
         if not isinstance(row, dict):
             yield source, Problem(f"expected a JSON object, found {describe(row)}", SKIP_HINT)
             continue
-        yield source, row_to_record(row, source, **_fields(spec))
+        yield source, fields.record(row, source)
 
 
 def _reject_whole_document(path: Path, text: str) -> None:
@@ -206,7 +210,7 @@ def _parses(line: str) -> bool:
     return True
 
 
-def _csv(path: Path, spec: DataSpec) -> Iterator[Item]:
+def _csv(path: Path, fields: FieldChoice) -> Iterator[Item]:
     rows = _csv_rows(path, _read_text(path))
     if not rows:
         return
@@ -221,7 +225,7 @@ def _csv(path: Path, spec: DataSpec) -> Iterator[Item]:
             reason = f"row has {len(row)} values but the header has {len(header)} columns (row ends on line {line})"
             yield source, Problem(reason, "Quote values that hold commas, or pass --skip-bad to skip bad records.")
             continue
-        yield source, row_to_record(dict(zip(header, row)), source, **_fields(spec))
+        yield source, fields.record(dict(zip(header, row)), source)
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
@@ -237,7 +241,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
         csv.field_size_limit(previous)
 
 
-def _text(path: Path, spec: DataSpec) -> Iterator[Item]:
+def _text(path: Path, fields: FieldChoice) -> Iterator[Item]:
     block: list[tuple[int, str]] = []
     for number, line in _lines(_read_text(path)):
         if line.strip():
@@ -258,7 +262,7 @@ def _text_record(path: Path, block: list[tuple[int, str]]) -> Item:
     return source, Record(prompt="", response="\n".join(line for _, line in block), source=source)
 
 
-def _parquet(path: Path, spec: DataSpec) -> Iterator[Item]:
+def _parquet(path: Path, fields: FieldChoice) -> Iterator[Item]:
     import pyarrow as pa  # imported when a Parquet file is read, not with the package
     import pyarrow.parquet as pq
 
@@ -271,10 +275,10 @@ def _parquet(path: Path, spec: DataSpec) -> Iterator[Item]:
         for row in batch.to_pylist():
             number += 1
             source = f"{path}:row {number}"
-            yield source, row_to_record(row, source, **_fields(spec))
+            yield source, fields.record(row, source)
 
 
-def _hf(path: Path, spec: DataSpec) -> Iterator[Item]:
+def _hf(path: Path, fields: FieldChoice) -> Iterator[Item]:
     import datasets  # slow to import; only for saved Hugging Face datasets
 
     try:
@@ -291,10 +295,10 @@ def _hf(path: Path, spec: DataSpec) -> Iterator[Item]:
         )
     for number, row in enumerate(dataset, start=1):
         source = f"{path}:row {number}"
-        yield source, row_to_record(row, source, **_fields(spec))
+        yield source, fields.record(row, source)
 
 
-_READERS: dict[str, Callable[[Path, DataSpec], Iterator[Item]]] = {
+_READERS: dict[str, Callable[[Path, FieldChoice], Iterator[Item]]] = {
     "jsonl": _jsonl,
     "csv": _csv,
     "text": _text,

@@ -45,6 +45,7 @@ def domain_loss(
     seq_len: int,
     batch_size: int = 8,
     max_tokens: int | None = None,
+    on_batch=None,
 ) -> LossResult:
     """Mean loss on the response (and eos) tokens of `records`, packed in order into rows of seq_len.
 
@@ -57,7 +58,7 @@ def domain_loss(
             f"so there is no response to score (the first record, {records[0].source}, has a long prompt). "
             "Raise --max-tokens."
         )
-    result = rows_loss(model, input_ids, labels, batch_size=batch_size)
+    result = rows_loss(model, input_ids, labels, batch_size=batch_size, on_batch=on_batch)
     log.debug("domain loss %.4f over %d tokens (%d rows of %d)", result.loss, result.tokens, len(input_ids), seq_len)
     return result
 
@@ -96,11 +97,11 @@ def _encode_prefix(records: Sequence[Record], tokenizer: "PreTrainedTokenizerBas
     return examples
 
 
-def rows_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 8) -> LossResult:
+def rows_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 8, on_batch=None) -> LossResult:
     """mean_token_loss over packed rows, with the number of positions it scored."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1 (got {batch_size}).")
     tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())  # a row's first token has nothing before it to predict it
     device = next(model.parameters()).device
-    loss = mean_token_loss(model, input_ids.to(device), labels.to(device), batch_size=batch_size)
+    loss = mean_token_loss(model, input_ids.to(device), labels.to(device), batch_size=batch_size, on_batch=on_batch)
     return LossResult(loss=loss, tokens=tokens)

@@ -5,9 +5,8 @@ WikiText-2 perplexity as the forgetting check, and, for maths, GSM8K accuracy.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
-
 
 from moeforge.data.fingerprint import fingerprint_records
 from moeforge.data.records import Record
@@ -22,6 +21,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STAGES = ("domain loss", "general loss", "GSM8K answers")
+StageCallback = Callable[[str, int, int], object]  # (stage, done, total)
+
 
 def evaluate(
     model,
@@ -30,19 +32,25 @@ def evaluate(
     config: EvalConfig,
     *,
     data: str,
+    split: str | None = None,
     model_source: str | None = None,
     model_fingerprint: str | None = None,
-    on_progress: ProgressCallback | None = None,
+    on_progress: StageCallback | None = None,
 ) -> EvalReport:
-    """Domain loss on `records`, WikiText-2 perplexity and (gsm8k_limit > 0) GSM8K accuracy on `records`."""
+    """Domain loss on `records`, WikiText-2 perplexity and (gsm8k_limit > 0) GSM8K accuracy on `records`.
+
+    `on_progress(stage, done, total)` as each stage (STAGES) goes: rows scored, then questions answered."""
+    def stage(name: str) -> ProgressCallback | None:
+        return None if on_progress is None else lambda done, total: on_progress(name, done, total)
+
     rows = dict(seq_len=config.seq_len, max_tokens=config.max_tokens, batch_size=config.batch_size)
-    domain = domain_loss(model, tokenizer, records, **rows)
-    general = general_perplexity(model, tokenizer, **rows)
+    domain = domain_loss(model, tokenizer, records, **rows, on_batch=stage(STAGES[0]))
+    general = general_perplexity(model, tokenizer, **rows, on_batch=stage(STAGES[1]))
     gsm8k = None
     if config.gsm8k_limit > 0:
         result = gsm8k_accuracy(
             model, tokenizer, records, limit=config.gsm8k_limit, max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size, on_progress=on_progress,
+            batch_size=config.batch_size, on_progress=stage(STAGES[2]),
         )
         gsm8k = _score(result)
     log.info(
@@ -53,6 +61,7 @@ def evaluate(
         model=model_source,
         model_fingerprint=model_fingerprint,
         data=data,
+        split=split,
         data_fingerprint=fingerprint_records(records),
         records=len(records),
         config=config,

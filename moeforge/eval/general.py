@@ -26,10 +26,11 @@ def general_perplexity(
     seq_len: int,
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
     batch_size: int = 8,
+    on_batch=None,
 ) -> LossResult:
     """Loss (and .perplexity = exp(loss)) on the first max_tokens // seq_len rows of WikiText-2 test."""
     records = load_corpus(GENERAL_CORPUS, "test")
     input_ids, labels = packed_rows(tokenizer, records, seq_len=seq_len, max_tokens=max_tokens)
-    result = rows_loss(model, input_ids, labels, batch_size=batch_size)
+    result = rows_loss(model, input_ids, labels, batch_size=batch_size, on_batch=on_batch)
     log.debug("WikiText-2 test: loss %.4f, perplexity %.2f over %d tokens", result.loss, result.perplexity, result.tokens)
     return result

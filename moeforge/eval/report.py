@@ -57,6 +57,7 @@ class EvalReport(BaseModel):
     model: str | None                 # the checkpoint as the caller named it
     model_fingerprint: str | None     # model.fingerprint.model_fingerprint of its weights
     data: str                         # a vendored corpus name (its test split) or a data file
+    split: str | None = None          # which split of `data` was scored (heldout, test, …); None: the caller's records
     data_fingerprint: str             # data.fingerprint.fingerprint_records of the records evaluated
     records: int
     config: EvalConfig

@@ -156,7 +156,7 @@ def train(
         memory_method=memory.method,
         trainable_params=trainable,
     )
-    log.info(
+    log.debug(
         "trained %d steps: final loss %.4f, %.0f tok/s, peak memory %.1f MB (%s)",
         len(history), result.final_loss, result.tokens_per_s, result.peak_mem_bytes / 2**20, result.memory_method,
     )

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+FINAL_LOSS_STEPS = 10  # a run's final loss is the mean over its last this-many steps (one step's batch is noisy)
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class TrainResult:
 
     @property
     def final_loss(self) -> float:
-        """Mean loss of the last (up to) 10 steps."""
-        tail = self.history[-10:]
+        """Mean loss of the last (up to) FINAL_LOSS_STEPS steps."""
+        tail = self.history[-FINAL_LOSS_STEPS:]
         return sum(h.loss for h in tail) / len(tail) if tail else float("nan")
 
     def to_dict(self) -> dict:

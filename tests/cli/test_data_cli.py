@@ -107,11 +107,18 @@ def test_prepare_missing_file_names_it(tmp_path):
     assert isinstance(result.exception, DataError) and str(missing) in str(result.exception)
 
 
-def test_prepare_without_salt_says_how_to_give_one(data_file, monkeypatch):
+def test_prepare_without_salt_remembers_one_for_the_file_and_splits_the_same_next_time(data_file, monkeypatch, tmp_path):
     monkeypatch.delenv("MOEFORGE_DATA_SALT", raising=False)
-    result = invoke(data_file, *FIELDS)
-    assert result.exit_code != 0
-    assert isinstance(result.exception, ConfigError) and "MOEFORGE_DATA_SALT" in str(result.exception)
+    monkeypatch.setenv("MOEFORGE_HOME", str(tmp_path / "home"))
+    first = invoke(data_file, *FIELDS)
+    assert first.exit_code == 0, first.output
+    assert "new, remembered in" in first.output
+    (remembered,) = (tmp_path / "home" / "splits").iterdir()
+    assert remembered.stat().st_mode & 0o077 == 0  # the salt re-derives the held-out split: the user's alone
+    again = invoke(data_file, *FIELDS)
+    assert f"remembered in {remembered}" in " ".join(again.output.split())
+    counts = lambda out: [line for line in out.splitlines() if "records" in line and ("train" in line or "heldout" in line)]
+    assert counts(first.output) == counts(again.output)
 
 
 def test_prepare_prompt_field_alone_is_a_config_error(data_file):

@@ -36,12 +36,12 @@ def taught_file(tmp_path):
 def test_eval_of_a_data_file_writes_a_valid_report(checkpoint, taught_file, tmp_path):
     out = tmp_path / "report.json"
     result = runner.invoke(app, [
-        "eval", str(checkpoint), "--data", str(taught_file), "--prompt-field", "q", "--response-field", "a",
+        "eval", str(checkpoint), "--data", str(taught_file), "--prompt-field", "q", "--response-field", "a", "--split", "all",
         "--seq-len", "32", "--max-tokens", "64", "--gsm8k-limit", "3", "--max-new-tokens", "48", "--out", str(out),
     ])
     assert result.exit_code == 0, result.output
     report = EvalReport.model_validate_json(out.read_text())
-    assert report.data == str(taught_file) and report.records == 3
+    assert report.data == str(taught_file) and report.split == "all" and report.records == 3
     assert report.gsm8k.accuracy == 1.0
     assert len(report.model_fingerprint) == 64
     assert f"{report.domain_loss:.4f}" in result.stdout and "3/3" in result.stdout
@@ -55,7 +55,7 @@ def test_eval_of_the_maths_corpus_scores_gsm8k_by_default(checkpoint, tmp_path):
     ])
     assert result.exit_code == 0, result.output
     report = EvalReport.model_validate_json(out.read_text())
-    assert report.data == "math" and report.records == 1319 and report.gsm8k.total == 2
+    assert report.data == "math" and report.split == "test" and report.records == 1319 and report.gsm8k.total == 2
     assert report.general_tokens == 8 * 31
 
 

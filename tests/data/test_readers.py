@@ -47,15 +47,42 @@ def test_jsonl_reads_prompt_response_pairs_with_their_lines(tmp_path):
     assert report.skipped == () and report.path == str(path)
 
 
-def test_jsonl_text_field_by_default_gives_empty_prompt(tmp_path):
-    report = read_records(write_jsonl(tmp_path / "train.jsonl", ROWS))
+def test_jsonl_text_field_gives_empty_prompt(tmp_path):
+    report = read_records(write_jsonl(tmp_path / "train.jsonl", ROWS), DataSpec(text_field="text"))
     assert [(r.prompt, r.text) for r in report.records] == [("", row["text"]) for row in ROWS]
+    assert report.fields == "text → text" and not report.detected
+
+
+def test_with_no_field_named_prompt_and_response_are_detected_before_text(tmp_path):
+    report = read_records(write_jsonl(tmp_path / "train.jsonl", ROWS))  # rows hold prompt, response and text
+    assert pairs(report) == [(row["prompt"], row["response"]) for row in ROWS]
+    assert report.fields == "prompt → prompt, response → response" and report.detected
+
+
+@pytest.mark.parametrize("row, expected, fields", [
+    ({"question": "q?", "answer": "a."}, ("q?", "a."), "question → prompt, answer → response"),
+    ({"Instruction": "do", "Output": "done"}, ("do", "done"), "Instruction → prompt, Output → response"),
+    ({"prompt": "p", "completion": "c"}, ("p", "c"), "prompt → prompt, completion → response"),
+    ({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "hello"}]}, ("be brief\n\nhi", "hello"), "messages → messages"),
+    ({"text": "plain", "id": 3}, ("", "plain"), "text → text"),
+])
+def test_common_field_shapes_are_detected_from_the_first_row(tmp_path, row, expected, fields):
+    report = read_records(write_jsonl(tmp_path / "d.jsonl", [row, row]))
+    assert pairs(report) == [expected, expected] and report.fields == fields
+
+
+def test_a_chat_that_does_not_end_with_the_assistant_is_a_bad_record_named(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            {"messages": [{"role": "user", "content": "hi"}]}]
+    with pytest.raises(DataError, match=r"d.jsonl:2: the last of messages is a 'user' message"):
+        read_records(write_jsonl(tmp_path / "d.jsonl", rows))
 
 
 def test_json_suffix_reads_as_json_lines_and_blank_lines_are_ignored(tmp_path):
     path = tmp_path / "data.json"
     path.write_text("\n" + json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n", encoding="utf-8")
-    report = read_records(path)
+    report = read_records(path, DataSpec(text_field="text"))
     assert [r.text for r in report.records] == [ROWS[0]["text"], ROWS[1]["text"]]
     assert [r.source for r in report.records] == [f"{path}:2", f"{path}:4"]
 
@@ -209,16 +236,17 @@ def test_wrong_field_name_lists_present_fields_and_suggests_the_flag(tmp_path):
     )
 
 
-def test_default_text_field_missing_suggests_prompt_and_response_flags(tmp_path):
+def test_named_text_field_missing_suggests_prompt_and_response_flags(tmp_path):
     path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
     expected = r"qa.jsonl:1: field 'text' is missing.*--prompt-field question --response-field answer"
     with pytest.raises(DataError, match=expected):
-        read_records(path)
+        read_records(path, DataSpec(text_field="text"))
 
 
 def test_wrong_csv_column_names_the_row_and_columns(tmp_path):
     path = write_csv(tmp_path / "t.csv", [{"body": "x", "id": "1"}])
-    with pytest.raises(DataError, match=r"t.csv:row 1: field 'text' is missing \(this record has: 'body', 'id'\)"):
+    with pytest.raises(DataError, match=r"t.csv:row 1: no field to read: none of prompt/response.* \(this record has: "
+                                         r"'body', 'id'\)\. Pass --text-field body"):
         read_records(path)
 
 
