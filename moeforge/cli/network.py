@@ -12,7 +12,16 @@ from rich.console import Console
 
 from moeforge.cli.endpoints import DataOpt, MetricsPortOpt
 from moeforge.cli.inputs import DeviceOption, PromptFieldOpt, ResponseFieldOpt, TextFieldOpt
-from moeforge.cli.owner import BlockSecondsOpt, ConfigOpt, InnerStepsOpt, LrOpt, RoundsOpt, ScoreBlocksOpt, TrainBlocksOpt
+from moeforge.cli.owner import (
+    BlockSecondsOpt,
+    ConfigOpt,
+    ExpertsOpt,
+    InnerStepsOpt,
+    LrOpt,
+    RoundsOpt,
+    ScoreBlocksOpt,
+    TrainBlocksOpt,
+)
 from moeforge.errors import ConfigError
 from moeforge.cli.endpoints import MODES
 
@@ -46,12 +55,13 @@ def up(
     score_blocks: ScoreBlocksOpt = None,
     metrics_port: MetricsPortOpt = None,
     device: DeviceOption = "auto",
+    experts: ExpertsOpt = None,
 ) -> None:
     """Start a local network on the job, follow its rounds, and print losses, accepted updates and shares."""
     record, net = start_and_follow(
         miners=miners, validators=validators, modes=modes, model=model, preset_name=preset_name, data=data,
         data_options={"prompt_field": prompt_field, "response_field": response_field, "text_field": text_field},
-        run=run, store=store, chain=chain, config=config, metrics_port=metrics_port, device=device,
+        run=run, store=store, chain=chain, config=config, metrics_port=metrics_port, device=device, experts=experts,
         flags=dict(rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds, train_blocks=train_blocks,
                    score_blocks=score_blocks),
     )
@@ -63,7 +73,8 @@ def up(
 
 def start_and_follow(*, miners: int, validators: int, modes: str | None, model: Path | None, preset_name: str, data: str,
                      data_options: dict, run: Path | None, store: str | None, chain: str | None, config: Path | None,
-                     metrics_port: int | None, flags: dict, defaults: dict | None = None, device: str = "cpu"):
+                     metrics_port: int | None, flags: dict, defaults: dict | None = None, device: str = "cpu",
+                     experts: Path | None = None):
     """Build the plan from the options, run the network to its record; → (record, LocalNetwork). Shared with `demo`."""
     from moeforge.cli import settings
     from moeforge.cli.endpoints import read_job_data, require_model
@@ -81,13 +92,18 @@ def start_and_follow(*, miners: int, validators: int, modes: str | None, model: 
 
         _, model = build_or_reuse(preset_name, None, force=False)
     model = require_model(model)
+    if experts is not None:  # a bad selection fails here, before anything starts
+        from moeforge.profile.selection import load_expert_config
+
+        load_expert_config(experts)
+        experts = experts.resolve()
     run = output_dir(run or settings.home() / "network" / time.strftime("%Y%m%d-%H%M%S"), "--run").resolve()
     request = job_request(config, model, domain, defaults, **flags)
     plan = NetworkPlan(
         run_dir=run, request=request, data=str(Path(data).resolve()) if Path(data).exists() else data,
         data_options={k: v for k, v in data_options.items() if v is not None}, miner_modes=mode_list,
         validator_stakes=tuple(100.0 / 2**j for j in range(validators)), chain_url=chain, store_url=store,
-        metrics_port=metrics_port, device=device,
+        metrics_port=metrics_port, device=device, experts=experts,
     )
     console.print(f"local network in {run}: {miners} miners ({', '.join(mode_list)}), {validators} validators, "
                   f"{request.rounds} rounds of job {request.job_id}", highlight=False, soft_wrap=True)

@@ -39,6 +39,9 @@ InnerStepsOpt = Annotated[int | None, typer.Option("--inner-steps", help="H: opt
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Miners' peak learning rate [default: 2e-3].")]
 BlockSecondsOpt = Annotated[float | None, typer.Option("--block-seconds", help="The chain's block time the schedule is sized for [default: 1].")]
 TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase [default: 60].")]
+ExpertsOpt = Annotated[Path | None, typer.Option("--experts", help=(
+    "The experts to train: an expert_config.json written by `moeforge select` on this base model [default: profile the "
+    "job's train split and select by --config's select rule]."))]
 ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase [default: 30].")]
 
 
@@ -80,7 +83,7 @@ def job_request(config: Path | None, model: Path, domain: str, defaults: dict | 
 
 
 def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-           metrics_port, device, **flags):
+           metrics_port, device, experts, **flags):
     from moeforge.cli import settings
     from moeforge.network.owner import Owner
     from moeforge.network.role import RoleContext
@@ -90,10 +93,15 @@ def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_
     model = require_model(model)
     records, domain = read_job_data(data, prompt_field, response_field, text_field)
     request = job_request(config, model, domain, **flags)
+    selection = None
+    if experts is not None:
+        from moeforge.profile.selection import load_expert_config
+
+        selection = load_expert_config(experts)
     keypair = hotkey_of(wallet, wallet_path)
     ctx = RoleContext(open_chain_url(chain), open_store_url(store), keypair, run_dir=run or default_run("owner", keypair.ss58_address),
                       metrics_port=metrics_port, fault=fault, device=device)
-    return Owner(ctx, request=request, records=records, salt=salt)
+    return Owner(ctx, request=request, records=records, salt=salt, selection=selection)
 
 
 @app.command()
@@ -103,11 +111,11 @@ def publish(
     config: ConfigOpt = None, job_id: JobIdOpt = None, rounds: RoundsOpt = None, inner_steps: InnerStepsOpt = None,
     lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
     score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
-    store: StoreOpt = None, chain: ChainOpt = None, device: DeviceOption = "auto",
+    store: StoreOpt = None, chain: ChainOpt = None, device: DeviceOption = "auto", experts: ExpertsOpt = None,
 ) -> None:
     """Select the experts, upload the train rows and initial state, and publish the job; print its digest."""
     owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-                   None, device, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   None, device, experts, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
                    train_blocks=train_blocks, score_blocks=score_blocks)
     digest, job = owner.publish()
     _print_job(digest, job)
@@ -121,7 +129,7 @@ def run(
     lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
     score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
     store: StoreOpt = None, chain: ChainOpt = None, metrics_port: MetricsPortOpt = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = "auto", experts: ExpertsOpt = None,
 ) -> None:
     """Publish the job, follow its rounds on chain, then write and print its record (final state, history, shares)."""
     from moeforge.cli.job_view import print_record
@@ -129,7 +137,7 @@ def run(
     from moeforge.network.owner import run_owner
 
     owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-                   metrics_port, device, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   metrics_port, device, experts, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
                    train_blocks=train_blocks, score_blocks=score_blocks)
     with job_bar(f"job {owner.request.job_id}", console) as on_block:
         record = run_owner(owner, on_block=on_block)

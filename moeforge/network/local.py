@@ -70,6 +70,7 @@ class NetworkPlan(BaseModel):
     store_url: str | None = None  # None: a folder store at <run>/store
     metrics_port: int | None = None  # first port; the roles take consecutive ones
     device: str = "cpu"  # --device of every role (auto, cpu, cuda, cuda:N)
+    experts: Path | None = None  # the owner's --experts (a `moeforge select` output); None: the owner selects
     python: str = sys.executable
 
 
@@ -311,7 +312,8 @@ def _command(plan: NetworkPlan, m: Member, net: LocalNetwork, k: int) -> list[st
     base = [plan.python, "-m", "moeforge"]
     where += ["--device", plan.device]
     if m.role == "owner":
-        return [*base, "owner", "run", *wallet, *where, "--model", plan.request.base_model, *data,
+        experts = ["--experts", str(plan.experts)] if plan.experts is not None else []
+        return [*base, "owner", "run", *wallet, *where, "--model", plan.request.base_model, *data, *experts,
                 "--config", str(plan.run_dir.resolve() / "request.json")]
     if m.role == "miner":
         return [*base, "miner", "run", *wallet, *where, "--owner", net.owner.hotkey, "--mode", m.mode]

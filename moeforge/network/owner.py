@@ -42,7 +42,7 @@ from moeforge.network.persist import read_model, write_model
 from moeforge.network.role import RoleContext
 from moeforge.network.schedule import RoundSchedule
 from moeforge.network.state import backed_report, base_state, fetch_state, pack_state, round_results
-from moeforge.profile.selection import SelectConfig, coverage_selection, select_experts
+from moeforge.profile.selection import ExpertConfig, SelectConfig, coverage_selection, select_experts
 from moeforge.profile.stats import ProfileConfig, default_seq_len, profile_records
 from moeforge.store.protocol import sha256_hex
 from moeforge.train.config import TrainConfig
@@ -90,10 +90,12 @@ class JobRequest(BaseModel):
 class Owner:
     """The job's owner hotkey: publishes the job and writes its record."""
 
-    def __init__(self, ctx: RoleContext, *, request: JobRequest, records: list[Record], salt: str):
+    def __init__(self, ctx: RoleContext, *, request: JobRequest, records: list[Record], salt: str,
+                 selection: ExpertConfig | None = None):
+        """`selection`: the experts to train (an `moeforge select` output); None profiles the train split and selects."""
         self.chain, self.store, self.keypair, self.request = ctx.chain, ctx.store, ctx.keypair, request
         self.device = resolve_device(ctx.device)  # where the owner's profiling and held-out losses run
-        self.records, self.salt = records, salt
+        self.records, self.salt, self.selection = records, salt, selection
         self.hotkey = ctx.hotkey
         self.run_dir = Path(ctx.run_dir) if ctx.run_dir is not None else None
         self.observer = ctx.observer("owner")
@@ -115,9 +117,12 @@ class Owner:
             splits = split_job(self.records, self.salt, validation=req.validation, heldout=req.heldout)
             train_rows, held_rows = pack_rows(splits.train, tokenizer, seq_len), pack_rows(splits.heldout, tokenizer, seq_len)
         with self.observer.phase("select", timings):
-            profile = profile_records(model, tokenizer, splits.train, ProfileConfig(tokens=req.profile_tokens, seq_len=seq_len,
-                                      saliency=False), base_fingerprint=fingerprint)
-            selection, coverage = select_experts(profile, req.select), coverage_selection(profile, req.subset_coverage)
+            if self.selection is not None:  # the user's own: subset miners then hold exactly these experts
+                selection = coverage = self._checked_selection(model, fingerprint)
+            else:
+                profile = profile_records(model, tokenizer, splits.train, ProfileConfig(
+                    tokens=req.profile_tokens, seq_len=seq_len, saliency=False), base_fingerprint=fingerprint)
+                selection, coverage = select_experts(profile, req.select), coverage_selection(profile, req.subset_coverage)
         with self.observer.phase("upload", timings):
             initial = extract_slice(model, selection.slots(), fingerprint)
             state_bytes, state_sha256 = pack_state(initial, keypair=self.keypair, job_id=req.job_id, round=0)
@@ -136,7 +141,8 @@ class Owner:
         )
         digest, block = self._publish(spec)
         self.observer.event(
-            "published", f"job {spec.job_id}: {len(spec.slots)} experts of {profile.num_experts * len(profile.layers)} selected, "
+            "published", f"job {spec.job_id}: {len(spec.slots)} experts of {selection.num_experts * len(selection.experts)} "
+            + ("given" if self.selection is not None else "selected") + ", "
             f"{spec.train_rows} train rows in the store, {spec.heldout_rows} held-out rows kept back; round 0 starts at block "
             f"{spec.schedule.start_block}, the last round ends at block {spec.schedule.round_end(spec.last_round)}",
             job=spec.job_id, digest=digest, block=block, experts=len(spec.slots), train_rows=spec.train_rows,
@@ -144,6 +150,15 @@ class Owner:
             end_block=spec.schedule.round_end(spec.last_round), timings=timings,
         )
         return digest, spec
+
+    def _checked_selection(self, model, fingerprint: str) -> ExpertConfig:
+        """The given selection, if it was made on this base model and fits it; ConfigError saying what does not."""
+        selection = self.selection
+        if selection.base_fingerprint and selection.base_fingerprint != fingerprint:
+            raise ConfigError(f"the expert selection was made on base model {selection.base_fingerprint[:16]}…, but "
+                              f"{self.request.base_model} is {fingerprint[:16]}…: select on the job's base model.")
+        selection.check_against(model)
+        return selection
 
     def finish(self) -> JobRecord:
         """The job's record, once the chain is past the last round; also put in the store and written to the run folder."""

@@ -64,3 +64,32 @@ def test_held_out_sample_sizes_left_at_their_defaults_are_sized_to_a_small_data_
     _, job = _owner(parts, request, job_records[:60]).publish()
     assert job.heldout_rows < 64, "the data set should be too small for the default sizes"
     assert job.score_rows + job.merge_rows == job.heldout_rows and min(job.score_rows, job.merge_rows) >= 1
+
+
+def test_an_owner_given_a_selection_publishes_exactly_those_experts_without_profiling(parts, job_request, job_records, monkeypatch):
+    from moeforge.model.fingerprint import model_fingerprint
+    from moeforge.network import owner as owner_module
+    from moeforge.profile.selection import ExpertConfig
+
+    model = load_model(job_request.base_model)
+    chosen = ExpertConfig(experts={1: (0, 2)}, model_type=model.config.model_type, num_experts=model.config.n_routed_experts,
+                          top_k=model.config.num_experts_per_tok, base_fingerprint=model_fingerprint(model))
+    monkeypatch.setattr(owner_module, "profile_records", lambda *a, **k: pytest.fail("the owner profiled anyway"))
+    chain, store, run = parts
+    owner = Owner(RoleContext(chain, store, OWNER, run_dir=run), request=job_request, records=job_records, salt=SALT,
+                  selection=chosen)
+    _, job = owner.publish()
+    assert [(s.layer, s.expert) for s in job.slots] == [(1, 0), (1, 2)]
+    assert job.subset_experts == job.experts  # a subset miner holds just the given experts
+
+
+def test_a_selection_made_on_another_base_model_is_refused_before_publishing(parts, job_request, job_records):
+    from moeforge.profile.selection import ExpertConfig
+
+    chain, store, run = parts
+    other = ExpertConfig(experts={1: (0,)}, model_type="deepseek_v2", num_experts=4, top_k=2, base_fingerprint="ab" * 32)
+    owner = Owner(RoleContext(chain, store, OWNER, run_dir=run), request=job_request, records=job_records, salt=SALT,
+                  selection=other)
+    with pytest.raises(ConfigError, match="selection was made on base model abababab"):
+        owner.publish()
+    assert chain.commitment(OWNER.ss58_address) is None
