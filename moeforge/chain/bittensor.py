@@ -171,6 +171,10 @@ class BittensorChain:
             rows = self._client.read("weights", netuid=self.netuid)
         return {int(uid): {int(t): float(w) for t, w in row.items()} for uid, row in rows.items() if row}
 
+    def idle(self, hotkey: str, until: int | None) -> int:
+        """A real chain keeps its own time: nothing to tell it; → the head."""
+        return self.block()
+
     # --- internals ---------------------------------------------------------------------------
 
     def _where(self) -> str:

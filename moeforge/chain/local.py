@@ -2,7 +2,12 @@
 
 DESIGN.md "The network". The block clock runs with wall time: block = steps taken + whole
 `block_seconds` since genesis (12 s, as on Bittensor); `block_seconds=0` is a manual clock that only
-`step(n)` moves (tests, demos). Block hashes chain sha256 over the previous hash, the block number and
+`step(n)` moves (tests). A lock-step chain (`lockstep_s=C`, for local networks) moves when its
+neurons let it: each role says `idle(hotkey, until)` when it has nothing to do before block `until`
+(None: nothing ever again), and once every registered neuron is idle the head jumps to the earliest
+`until`, so no role misses a deadline because the machine is busy; if some neuron stays busy (or
+dead) for C seconds, the head moves one block anyway, so a crashed role cannot stall the network,
+and a restarted one catches up. Block hashes chain sha256 over the previous hash, the block number and
 a random genesis seed, so they are stable, distinct, and refused until their block exists (anyone who
 can read this file can compute them early: a dev chain, not a randomness beacon).
 
@@ -73,6 +78,7 @@ CREATE TABLE IF NOT EXISTS commitments (
     hotkey TEXT NOT NULL, block INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (hotkey, block));
 CREATE TABLE IF NOT EXISTS weights (
     uid INTEGER NOT NULL, block INTEGER NOT NULL, vector TEXT NOT NULL, PRIMARY KEY (uid, block));
+CREATE TABLE IF NOT EXISTS idle (hotkey TEXT PRIMARY KEY, until INTEGER);
 """
 
 
@@ -84,6 +90,7 @@ class LocalChain:
         path: str | Path,
         *,
         block_seconds: float | None = None,
+        lockstep_s: float | None = None,
         netuid: int = DEFAULT_NETUID,
         max_validators: int = DEFAULT_MAX_VALIDATORS,
         clock: Callable[[], float] = time.time,
@@ -92,19 +99,29 @@ class LocalChain:
         """Open the chain at PATH, creating it (with these settings) if it does not exist.
 
         An existing chain keeps the settings it was created with; asking for another
-        `block_seconds` → ConfigError. `clock` (seconds, like `time.time`) is for tests.
+        `block_seconds` or `lockstep_s` → ConfigError. `lockstep_s` (> 0) makes a lock-step chain whose
+        idle-less blocks come every `lockstep_s` seconds (block_seconds must then be 0). `clock` (seconds,
+        like `time.time`) is for tests.
         """
         if block_seconds is not None and (not math.isfinite(block_seconds) or block_seconds < 0):
             raise ConfigError(f"block_seconds={block_seconds}: expected a number ≥ 0 (0 = manual clock, stepped).")
+        if lockstep_s is not None and (not math.isfinite(lockstep_s) or lockstep_s <= 0):
+            raise ConfigError(f"lockstep_s={lockstep_s}: expected a number of seconds > 0 (the longest a block waits).")
+        if lockstep_s is not None and block_seconds:
+            raise ConfigError(f"lockstep_s={lockstep_s:g} with block_seconds={block_seconds:g}: a lock-step chain has no "
+                              "wall clock; pass block_seconds=0 (or leave it out) with lockstep_s.")
+        if lockstep_s is not None:
+            block_seconds = 0.0
         self.path = Path(path).expanduser()
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         self._create = True  # only while opening: afterwards a missing file is unreachable, not new
         self._hashes: list[bytes] = []  # block → hash, filled on demand
         self._hashes_lock = threading.Lock()
-        meta = self._open_or_create(block_seconds, netuid, max_validators)
+        meta = self._open_or_create(block_seconds, netuid, max_validators, lockstep_s)
         self.netuid = int(meta["netuid"])
         self.block_seconds = float(meta["block_seconds"])
+        self.lockstep_s = float(meta["lockstep_s"])  # 0: not a lock-step chain
         self.max_validators = int(meta["max_validators"])
         self._genesis_time = float(meta["genesis_time"])
         self._seed = bytes.fromhex(meta["seed"])
@@ -113,9 +130,15 @@ class LocalChain:
                 f"local chain {self.path} runs with block_seconds={self.block_seconds:g}, not {block_seconds:g}. "
                 "Drop the block_seconds option to use the chain as it is, or init a new chain file."
             )
+        if lockstep_s is not None and lockstep_s != self.lockstep_s:
+            raise ConfigError(
+                f"local chain {self.path} runs with lockstep_s={self.lockstep_s:g}, not {lockstep_s:g}. "
+                "Drop the lockstep_s option to use the chain as it is, or init a new chain file."
+            )
 
     def __repr__(self) -> str:
-        return f"LocalChain({str(self.path)!r}, block_seconds={self.block_seconds:g}, netuid={self.netuid})"
+        clock = f"lockstep_s={self.lockstep_s:g}" if self.lockstep_s else f"block_seconds={self.block_seconds:g}"
+        return f"LocalChain({str(self.path)!r}, {clock}, netuid={self.netuid})"
 
     # --- the Chain protocol -------------------------------------------------------------------
 
@@ -177,6 +200,26 @@ class LocalChain:
                        (neuron.uid, block, json.dumps(vector)))
         log.debug("weights from uid %d over %d uids in block %d", neuron.uid, len(vector), block)
 
+    def idle(self, hotkey: str, until: int | None) -> int:
+        """HOTKEY has nothing to do before block UNTIL (None: ever again); on a lock-step chain, once every neuron
+        is idle the head moves to the earliest UNTIL. → the head (other clocks only record it)."""
+        with self._write() as db:
+            self._require_registered(db, hotkey)
+            head = self._settle(db)
+            db.execute("INSERT OR REPLACE INTO idle (hotkey, until) VALUES (?, ?)", (hotkey, until))
+            if not self.lockstep_s:
+                return head
+            rows = db.execute("SELECT n.hotkey, i.hotkey IS NOT NULL, i.until FROM neurons n "
+                              "LEFT JOIN idle i ON i.hotkey = n.hotkey").fetchall()
+            if any(not known or (wake is not None and wake <= head) for _, known, wake in rows):
+                return head  # someone still has work at this block
+            wakes = [wake for _, _, wake in rows if wake is not None]
+            if wakes and min(wakes) > head:
+                head = min(wakes)
+                self._set_head(db, head)
+                log.debug("lock-step: every neuron idle, head → %d", head)
+            return head
+
     def weights(self) -> dict[int, dict[int, float]]:
         with self._read() as db:
             rows = db.execute(
@@ -223,16 +266,35 @@ class LocalChain:
         if n_blocks < 1:
             raise ChainError(f"step {n_blocks}: expected a number of blocks ≥ 1.")
         with self._write() as db:
-            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'steps'", (n_blocks,))
-            return self._head(db)
+            head = self._settle(db) + n_blocks
+            self._set_head(db, head)
+            return head
 
     # --- internals ---------------------------------------------------------------------------
 
     def _head(self, db: sqlite3.Connection) -> int:
         steps = int(db.execute("SELECT value FROM meta WHERE key = 'steps'").fetchone()[0])
+        if self.lockstep_s:  # plus one block per lockstep_s seconds without an advance (a busy or dead neuron)
+            since = float(db.execute("SELECT value FROM meta WHERE key = 'last_advance'").fetchone()[0])
+            return steps + max(0, math.floor((self._clock() - since) / self.lockstep_s))
         if self.block_seconds <= 0:
             return steps
         return steps + max(0, math.floor((self._clock() - self._genesis_time) / self.block_seconds))
+
+    def _settle(self, db: sqlite3.Connection) -> int:
+        """The head, with a lock-step chain's ceiling blocks made permanent (inside a write)."""
+        head = self._head(db)
+        if self.lockstep_s and head != int(db.execute("SELECT value FROM meta WHERE key = 'steps'").fetchone()[0]):
+            self._set_head(db, head)
+        return head
+
+    def _set_head(self, db: sqlite3.Connection, head: int) -> None:
+        """Move the head to HEAD (from inside a write), restarting a lock-step chain's ceiling."""
+        if self.lockstep_s or self.block_seconds <= 0:
+            db.execute("UPDATE meta SET value = ? WHERE key = 'steps'", (str(head),))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'last_advance'", (repr(self._clock()),))
+        else:  # a wall clock keeps counting from genesis; steps are what was added to it
+            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'steps'", (head - self._head(db),))
 
     def _limit(self, db: sqlite3.Connection, at_block: int | None) -> int:
         if at_block is None:
@@ -266,7 +328,8 @@ class LocalChain:
                 self._hashes.append(hashlib.sha256(self._hashes[-1] + number.to_bytes(8, "little") + self._seed).digest())
             return self._hashes[block]
 
-    def _open_or_create(self, block_seconds: float | None, netuid: int, max_validators: int) -> dict[str, str]:
+    def _open_or_create(self, block_seconds: float | None, netuid: int, max_validators: int,
+                        lockstep_s: float | None) -> dict[str, str]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -279,6 +342,8 @@ class LocalChain:
             "genesis_time": repr(self._clock()),
             "seed": os.urandom(32).hex(),
             "steps": "0",
+            "lockstep_s": repr(float(lockstep_s or 0.0)),
+            "last_advance": repr(self._clock()),
         }
         with self._connect() as db:
             if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":

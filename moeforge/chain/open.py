@@ -1,6 +1,6 @@
 """open_chain: a chain URL → a backend; the only place that picks one (STYLE.md §4).
 
-    local:///abs/path/chain.sqlite[?block_seconds=12&netuid=1&max_validators=64&retry_s=120]
+    local:///abs/path/chain.sqlite[?block_seconds=12&netuid=1&max_validators=64&retry_s=120]   (or ?lockstep_s=30)
     bittensor://finney|test|local|ws://host:port|wss://host[?netuid=N&wallet=NAME&hotkey=HOT&path=DIR&finalize=1
                                                             &retry_s=120]
 
@@ -27,7 +27,7 @@ SUPPORTED = (
     "local:///abs/path/chain.sqlite?block_seconds=12",
     "bittensor://finney?netuid=N&wallet=NAME&hotkey=HOT&path=DIR (or test, local, ws://host:port)",
 )
-_LOCAL_OPTIONS = {"block_seconds": float, "netuid": int, "max_validators": int, "retry_s": float}
+_LOCAL_OPTIONS = {"block_seconds": float, "lockstep_s": float, "netuid": int, "max_validators": int, "retry_s": float}
 _BITTENSOR_OPTIONS = {"netuid": int, "wallet": str, "hotkey": str, "path": str, "finalize": "bool", "retry_s": float}
 _LOCAL_KEYWORDS = {"clock", "busy_timeout_s"}  # Python-only options, passed as keywords
 _BITTENSOR_KEYWORDS = {"substrate"}

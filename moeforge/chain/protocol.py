@@ -84,12 +84,21 @@ class Chain(Protocol):
 
     def weights(self) -> dict[int, dict[int, float]]: ...  # validator uid → {uid: weight}, rows sum to 1
 
+    def idle(self, hotkey: str, until: int | None) -> int: ...  # nothing to do before block UNTIL (None: ever); a
+    # lock-step local chain advances once every neuron is idle, a real chain ignores it; → the head
 
-def wait_for_block(chain: Chain, block: int, *, timeout_s: float = 120.0, poll_s: float = 0.5) -> int:
-    """Poll until the chain's head reaches BLOCK and return the head; ChainError after TIMEOUT_S."""
+
+def wait_for_block(chain: Chain, block: int, *, timeout_s: float = 120.0, poll_s: float = 0.5,
+                   hotkey: str | None = None) -> int:
+    """Poll until the chain's head reaches BLOCK and return the head; ChainError after TIMEOUT_S. With HOTKEY, the
+    waiting role tells the chain it is idle until BLOCK (what lets a lock-step chain move on)."""
     deadline = time.monotonic() + timeout_s
     head = chain.block()
     while head < block:
+        if hotkey is not None:
+            head = chain.idle(hotkey, block)
+            if head >= block:
+                break
         if time.monotonic() >= deadline:
             raise ChainError(
                 f"timed out after {timeout_s:.0f}s waiting for block {block}; the chain is at block {head}. "

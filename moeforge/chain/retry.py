@@ -199,6 +199,9 @@ class RetryingChain:
     def weights(self) -> dict[int, dict[int, float]]:
         return self._retry("reading weights", lambda _: self.inner.weights())
 
+    def idle(self, hotkey: str, until: int | None) -> int:
+        return self._retry(f"telling the chain {hotkey} is idle", lambda _: self.inner.idle(hotkey, until))  # idempotent
+
     # --- internals ---------------------------------------------------------------------------
 
     def _retry(self, what: str, attempt: Callable[[int], T]) -> T:
@@ -241,6 +244,10 @@ class RetryingLocalChain(RetryingChain):
     @property
     def block_seconds(self) -> float:
         return self.inner.block_seconds
+
+    @property
+    def lockstep_s(self) -> float:
+        return self.inner.lockstep_s
 
     @property
     def max_validators(self) -> int:

@@ -17,8 +17,8 @@ from moeforge.cli.testbed import build_or_reuse, print_report
 
 console = Console()
 
-_SMALL_JOB = dict(  # the small testbed trains in a blink: shorter blocks, fewer and stronger steps, smaller samples
-    block_seconds=0.5, train_blocks=24, commit_blocks=2, reveal_blocks=2, score_blocks=12, start_delay_blocks=16, inner_steps=10,
+_SMALL_JOB = dict(  # the small testbed trains in a blink: fewer and stronger steps, smaller samples
+    inner_steps=10,
     train={"lr": 1e-2, "batch_size": 8, "warmup_steps": 1, "weight_decay": 0.0, "checkpoint_every": 0},
     profile_tokens=4096, score_rows=16, merge_rows=16, report_rows=32,
 )

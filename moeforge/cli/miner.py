@@ -53,7 +53,7 @@ def run(
     fault = settings.fault()
     keypair = hotkey_of(wallet, wallet_path)
     chain_, store_ = open_chain_url(chain), open_store_url(store)
-    _, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout)
+    _, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout, hotkey=keypair.ss58_address)
     with training_bar(f"miner {keypair.ss58_address[:10]} ({mode})", console) as on_step:
         ctx = RoleContext(chain_, store_, keypair, run_dir=run or default_run("miner", keypair.ss58_address),
                           metrics_port=metrics_port, fault=fault, device=device)

@@ -13,20 +13,23 @@ from rich.console import Console
 from moeforge.cli.endpoints import DataOpt, MetricsPortOpt
 from moeforge.cli.inputs import DeviceOption, PromptFieldOpt, ResponseFieldOpt, TextFieldOpt
 from moeforge.cli.owner import (
-    BlockSecondsOpt,
     ConfigOpt,
     ExpertsOpt,
     InnerStepsOpt,
     LrOpt,
     RoundsOpt,
-    ScoreBlocksOpt,
-    TrainBlocksOpt,
 )
 from moeforge.errors import ConfigError
 from moeforge.cli.endpoints import MODES
 
 app = typer.Typer(no_args_is_help=True, help="Run a whole network locally: chain, store, owner, miners and validators.")
 console = Console()
+
+# The schedule flags, with the defaults of the network's own lock-step chain (network/local.py LOCKSTEP_SCHEDULE)
+BlockSecondsOpt = Annotated[float | None, typer.Option("--block-seconds", help=(
+    "The lock-step chain's ceiling: the longest a block waits for a busy or dead role [default: 60]."))]
+TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase [default: 2].")]
+ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase [default: 3].")]
 
 DEFAULT_MODES = ("full", "quantized", "subset")  # miner i runs DEFAULT_MODES[i % 3]: every mode takes part
 
@@ -82,7 +85,7 @@ def start_and_follow(*, miners: int, validators: int, modes: str | None, model: 
     from moeforge.cli.owner import job_request
     from moeforge.cli.progress import job_bar
     from moeforge.model.device import resolve_device
-    from moeforge.network.local import NetworkPlan, run_local_network
+    from moeforge.network.local import LOCKSTEP_SCHEDULE, NetworkPlan, run_local_network
 
     resolve_device(device)  # a bad --device fails here, before any role starts
     mode_list = _modes(modes, miners)
@@ -98,6 +101,8 @@ def start_and_follow(*, miners: int, validators: int, modes: str | None, model: 
         load_expert_config(experts)
         experts = experts.resolve()
     run = output_dir(run or settings.home() / "network" / time.strftime("%Y%m%d-%H%M%S"), "--run").resolve()
+    if chain is None:  # the network's own lock-step chain: tight blocks are safe on it
+        defaults = {**LOCKSTEP_SCHEDULE, **(defaults or {})}
     request = job_request(config, model, domain, defaults, **flags)
     plan = NetworkPlan(
         run_dir=run, request=request, data=str(Path(data).resolve()) if Path(data).exists() else data,

@@ -54,7 +54,7 @@ def run(
     records, _ = read_job_data(data, prompt_field, response_field, text_field)
     keypair = hotkey_of(wallet, wallet_path)
     chain_, store_ = open_chain_url(chain), open_store_url(store)
-    digest, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout)
+    digest, job = wait_for_job(chain_, store_, owner, timeout_s=job_timeout, hotkey=keypair.ss58_address)
     ctx = RoleContext(chain_, store_, keypair, run_dir=run or default_run("validator", keypair.ss58_address),
                       metrics_port=metrics_port, fault=fault, device=device)
     validator = Validator(ctx, job=job, job_digest=digest, records=records, salt=salt)

@@ -160,8 +160,10 @@ def load_job(store: Store, digest: str, *, owner: str | None = None) -> JobSpec:
     return spec
 
 
-def wait_for_job(chain: Chain, store: Store, owner: str, *, timeout_s: float, poll_s: float = 0.25) -> tuple[str, JobSpec]:
-    """Poll the owner's commitment until it names a job; ChainError after timeout_s."""
+def wait_for_job(chain: Chain, store: Store, owner: str, *, timeout_s: float, poll_s: float = 0.25,
+                 hotkey: str | None = None) -> tuple[str, JobSpec]:
+    """Poll the owner's commitment until it names a job; ChainError after timeout_s. With HOTKEY (the waiting role's),
+    each poll tells the chain the role is idle for one block, so a lock-step chain moves on while it waits."""
     if chain.metagraph().by_hotkey(owner) is None:
         raise ChainError(
             f"owner hotkey {owner} is not registered on this chain, so it cannot publish a job. "
@@ -180,4 +182,6 @@ def wait_for_job(chain: Chain, store: Store, owner: str, *, timeout_s: float, po
                 f"owner {owner} published no job within {timeout_s:.0f} s (chain at block {chain.block()}). "
                 "Start the owner (`moeforge owner run`), or check --owner, --chain and --store."
             )
+        if hotkey is not None:
+            chain.idle(hotkey, chain.block() + 1)
         time.sleep(poll_s)

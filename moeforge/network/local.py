@@ -8,6 +8,11 @@ log. `LocalNetwork.wait` follows the chain until the owner has written the job's
 processes talk only through the chain and the store; the salt reaches the owner and the
 validators through their environment, never a command line.
 
+The embedded chain runs lock-step (`chain/local.py`): a block passes once every role has said it is
+idle until a later block, so a role on a busy machine never misses a deadline and a tight schedule
+(`LOCKSTEP_SCHEDULE`) is as safe as a wide one; the job's `block_seconds` is the chain's ceiling, the
+longest a block waits for a busy or dead role before it passes anyway.
+
 Issue 6: `kill(name)` ends a role with SIGKILL, `restart(name)` runs its exact command again with the
 same environment, wallet and run folder, and `wait(restart_killed=True)` restarts any role that died of
 SIGKILL, as a process supervisor would. `start_local_network(faults={"miner-0": "mid_upload@0"})` arms
@@ -53,6 +58,10 @@ log = logging.getLogger(__name__)
 LOG_FILE = "process.log"
 STOP_GRACE_S = 10.0
 MAX_RESTARTS = 5  # per role, under wait(restart_killed=True): a role killed over and over is a failure
+# What `network up` and `demo` run a job with on their lock-step chain: every phase as short as its rules allow
+# (a commitment lands in the block after the head), and a ceiling of a minute for a block nobody lets pass.
+LOCKSTEP_SCHEDULE = {"block_seconds": 60.0, "start_delay_blocks": 4, "train_blocks": 2, "commit_blocks": 2,
+                     "reveal_blocks": 2, "score_blocks": 3}
 _PUBLISH_TIMEOUT_S = 900.0  # the owner profiles and selects before the job exists
 
 
@@ -66,7 +75,7 @@ class NetworkPlan(BaseModel):
     data_options: dict[str, str] = Field(default_factory=dict)  # prompt_field, response_field, text_field
     miner_modes: tuple[MinerMode, ...] = Field(min_length=1)
     validator_stakes: tuple[float, ...] = Field(min_length=1)
-    chain_url: str | None = None  # None: local:///<run>/chain.sqlite at the request's block_seconds
+    chain_url: str | None = None  # None: a lock-step local:///<run>/chain.sqlite, its ceiling the request's block_seconds
     store_url: str | None = None  # None: a folder store at <run>/store
     metrics_port: int | None = None  # first port; the roles take consecutive ones
     device: str = "cpu"  # --device of every role (auto, cpu, cuda, cuda:N)
@@ -231,7 +240,7 @@ def start_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str,
 
     run = plan.run_dir.resolve()
     run.mkdir(parents=True, exist_ok=True)
-    chain_url = plan.chain_url or f"local://{run / 'chain.sqlite'}?block_seconds={plan.request.block_seconds:g}"
+    chain_url = plan.chain_url or f"local://{run / 'chain.sqlite'}?lockstep_s={plan.request.block_seconds:g}"
     store_url = plan.store_url or (run / "store").as_uri()
     chain = open_chain(chain_url)
     if not hasattr(chain, "register"):

@@ -260,12 +260,14 @@ def run_miner(miner: Miner, *, poll_s: float = 0.25) -> None:
                          job=job.job_id, first_round=start, mode=miner.mode)
     for r in range(start, job.rounds):
         miner.observer.round = r
-        wait_for_block(chain, schedule.round_start(r), timeout_s=_wait(job, chain, schedule.round_start(r)), poll_s=poll_s)
+        wait_for_block(chain, schedule.round_start(r), timeout_s=_wait(job, chain, schedule.round_start(r)), poll_s=poll_s,
+                       hotkey=miner.hotkey)
         try:
             take_part(miner, r, poll_s=poll_s)
         except Exception as exc:  # noqa: BLE001 (one round's failure is recorded; the miner goes on to the next)
             miner.observer.failure("round", r, exc)
     miner.observer.event("finished", f"job {job.job_id}: done", job=job.job_id)
+    chain.idle(miner.hotkey, None)  # nothing more to do: a lock-step chain need not wait for this miner
     miner.observer.close()
 
 
@@ -281,7 +283,8 @@ def take_part(miner: Miner, r: int, *, poll_s: float = 0.25) -> None:
     elif done == "other":  # cannot happen while the kept file is the one committed to; never reveal what was not
         miner.skip(r, "the chain holds a commitment of this hotkey to other bytes than the ones it kept")
     elif done == "committed" or miner.commit(prepared):
-        wait_for_block(chain, schedule.commit_deadline(r), timeout_s=_wait(job, chain, schedule.commit_deadline(r)), poll_s=poll_s)
+        wait_for_block(chain, schedule.commit_deadline(r), timeout_s=_wait(job, chain, schedule.commit_deadline(r)), poll_s=poll_s,
+                       hotkey=miner.hotkey)
         if chain.block() >= schedule.reveal_deadline(r):  # a reveal now would land after the deadline and not count
             miner.skip(r, f"the chain is at block {chain.block()}, too late to reveal by block {schedule.reveal_deadline(r)}")
         else:

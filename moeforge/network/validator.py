@@ -228,11 +228,12 @@ def run_validator(validator: Validator, *, poll_s: float = 0.25) -> None:
             validator.skip(r, f"the chain is at block {chain.block()}, past the round's end {schedule.round_end(r)}")
             continue
         seed = schedule.seed_block(r)
-        wait_for_block(chain, seed, timeout_s=job.wait_s(seed - chain.block()), poll_s=poll_s)
+        wait_for_block(chain, seed, timeout_s=job.wait_s(seed - chain.block()), poll_s=poll_s, hotkey=validator.hotkey)
         try:
             validator.score_round(r)
         except Exception as exc:  # noqa: BLE001 (a failed round is recorded; the validator goes on to the next)
             validator.observer.failure("round", r, exc)
             validator.skip(r, f"failed: {type(exc).__name__}: {exc}")
     validator.observer.event("finished", f"job {job.job_id}: done", job=job.job_id)
+    chain.idle(validator.hotkey, None)  # nothing more to do: a lock-step chain need not wait for this validator
     validator.observer.close()

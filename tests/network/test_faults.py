@@ -20,7 +20,7 @@ from moeforge.errors import ConfigError
 from moeforge.network.commitment import ResultPayload, decode_result
 from harness.faults import corrupt_objects, record_problems
 from moeforge.network.faults import Fault, parse_fault
-from moeforge.network.local import NetworkPlan, start_local_network
+from moeforge.network.local import LOCKSTEP_SCHEDULE, NetworkPlan, start_local_network
 from moeforge.network.observe import Observer, read_events
 from moeforge.network.persist import read_model
 from moeforge.network.validator import STATE_FILE, ValidatorState
@@ -112,12 +112,10 @@ def test_a_validator_killed_after_publishing_rejudges_the_same_state_and_publish
 
 @pytest.fixture(scope="module")
 def fault_request(job_request):
-    """Two rounds of 1-second blocks: train 8, commit 2, reveal 3, score 12 (room for a killed validator to restart
-    and judge the round again before it ends)."""
-    return job_request.model_copy(update={
-        "job_id": "maths-faults", "domain": "maths.jsonl", "rounds": ROUNDS, "block_seconds": 1.0, "train_blocks": 8,
-        "commit_blocks": 2, "reveal_blocks": 3, "score_blocks": 12, "start_delay_blocks": 10,
-    })
+    """Two rounds on the lock-step chain's tight schedule: a killed role holds the chain (up to the ceiling) until it
+    is restarted, so it never comes back to a round that moved on without it."""
+    return job_request.model_copy(update={"job_id": "maths-faults", "domain": "maths.jsonl", "rounds": ROUNDS,
+                                          **LOCKSTEP_SCHEDULE})
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +338,7 @@ def test_a_chain_unreachable_for_seconds_is_retried_with_backoff_and_a_validator
         outage[0].start()
 
     record, net = _run(tmp_path / "run", fault_request, data_file, on_block=take_the_chain_away,
-                       chain_url=f"local://{chain_dir / 'chain.sqlite'}?block_seconds=1", faults={"validator-0": "merge@1"})
+                       chain_url=f"local://{chain_dir / 'chain.sqlite'}?lockstep_s=60", faults={"validator-0": "merge@1"})
     outage[0].join()
     _check_job(record, net)
     _check_validator_resumed(record, net, "merge")
