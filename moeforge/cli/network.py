@@ -31,6 +31,10 @@ BlockSecondsOpt = Annotated[float | None, typer.Option("--block-seconds", help=(
 TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase [default: 2].")]
 ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase [default: 3].")]
 
+DEFAULT_KEEP = 5
+KeepOpt = Annotated[int, typer.Option("--keep", help=(
+    "Run folders to keep under $MOEFORGE_HOME/network (the newest); older ones are removed after the run."))]
+
 DEFAULT_MODES = ("full", "quantized", "subset")  # miner i runs DEFAULT_MODES[i % 3]: every mode takes part
 
 
@@ -59,12 +63,14 @@ def up(
     metrics_port: MetricsPortOpt = None,
     device: DeviceOption = "auto",
     experts: ExpertsOpt = None,
+    keep: KeepOpt = DEFAULT_KEEP,
 ) -> None:
-    """Start a local network on the job, follow its rounds, and print losses, accepted updates and shares."""
+    """Start a local network on the job, follow its rounds, and print losses, accepted updates and shares.
+    A role process killed by a signal (the OOM killer, say) is restarted with its exact command."""
     record, net = start_and_follow(
         miners=miners, validators=validators, modes=modes, model=model, preset_name=preset_name, data=data,
         data_options={"prompt_field": prompt_field, "response_field": response_field, "text_field": text_field},
-        run=run, store=store, chain=chain, config=config, metrics_port=metrics_port, device=device, experts=experts,
+        run=run, store=store, chain=chain, config=config, metrics_port=metrics_port, device=device, experts=experts, keep=keep,
         flags=dict(rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds, train_blocks=train_blocks,
                    score_blocks=score_blocks),
     )
@@ -77,7 +83,7 @@ def up(
 def start_and_follow(*, miners: int, validators: int, modes: str | None, model: Path | None, preset_name: str, data: str,
                      data_options: dict, run: Path | None, store: str | None, chain: str | None, config: Path | None,
                      metrics_port: int | None, flags: dict, defaults: dict | None = None, device: str = "cpu",
-                     experts: Path | None = None):
+                     experts: Path | None = None, keep: int = DEFAULT_KEEP):
     """Build the plan from the options, run the network to its record; → (record, LocalNetwork). Shared with `demo`."""
     from moeforge.cli import settings
     from moeforge.cli.endpoints import read_job_data, require_model
@@ -100,7 +106,10 @@ def start_and_follow(*, miners: int, validators: int, modes: str | None, model: 
 
         load_expert_config(experts)
         experts = experts.resolve()
-    run = output_dir(run or settings.home() / "network" / time.strftime("%Y%m%d-%H%M%S"), "--run").resolve()
+    runs = settings.home() / "network"
+    if keep < 0:
+        raise ConfigError(f"--keep {keep}: expected a number of run folders ≥ 0.")
+    run = output_dir(run or runs / time.strftime("%Y%m%d-%H%M%S"), "--run").resolve()
     if chain is None:  # the network's own lock-step chain: tight blocks are safe on it
         defaults = {**LOCKSTEP_SCHEDULE, **(defaults or {})}
     request = job_request(config, model, domain, defaults, **flags)
@@ -112,10 +121,35 @@ def start_and_follow(*, miners: int, validators: int, modes: str | None, model: 
     )
     console.print(f"local network in {run}: {miners} miners ({', '.join(mode_list)}), {validators} validators, "
                   f"{request.rounds} rounds of job {request.job_id}", highlight=False, soft_wrap=True)
-    with _terminate_as_interrupt(), job_bar("network", console) as on_block:
-        record, net = run_local_network(plan, secrets.token_hex(16), credentials=settings.s3_credentials(),
-                                        on_block=lambda job, head: on_block(job, head) if job is not None else None)
+    try:
+        with _terminate_as_interrupt(), job_bar("network", console) as on_block:
+            record, net = run_local_network(plan, secrets.token_hex(16), credentials=settings.s3_credentials(),
+                                            on_block=lambda job, head: on_block(job, head) if job is not None else None,
+                                            restart_killed=True)
+    finally:
+        _keep_last(runs, keep)
     return record, net
+
+
+def _keep_last(runs: Path, keep: int) -> None:
+    from moeforge.network.local import prune_runs
+
+    gone = prune_runs(runs, keep)
+    if gone:
+        console.print(f"removed {len(gone)} older run folder{'s' * (len(gone) > 1)} from {runs} (kept the last {keep}; "
+                      "--keep sets how many)", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def clean(keep: KeepOpt = 0) -> None:
+    """Remove the run folders `network up` and `demo` left under $MOEFORGE_HOME/network, all but the last --keep."""
+    from moeforge.cli import settings
+    from moeforge.network.local import prune_runs
+
+    runs = settings.home() / "network"
+    gone = prune_runs(runs, keep)
+    console.print(f"removed {len(gone)} run folder{'s' * (len(gone) != 1)} from {runs}"
+                  + (f", kept the last {keep}" if keep else ""), highlight=False, soft_wrap=True)
 
 
 @contextmanager

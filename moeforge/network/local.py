@@ -301,6 +301,22 @@ def run_local_network(plan: NetworkPlan, salt: str, *, credentials: tuple[str, s
         net.stop()
 
 
+def prune_runs(folder: Path, keep: int) -> list[Path]:
+    """Remove all but the newest KEEP run folders in FOLDER (those holding a network.json, by its time); → what went.
+    Anything else in FOLDER is left alone."""
+    import shutil
+
+    if keep < 0:
+        raise ConfigError(f"--keep {keep}: expected a number of run folders ≥ 0.")
+    runs = sorted((p for p in Path(folder).glob("*") if (p / "network.json").is_file()),
+                  key=lambda p: (p / "network.json").stat().st_mtime, reverse=True)
+    gone = runs[keep:]
+    for run in gone:
+        shutil.rmtree(run)
+        log.debug("removed the old run folder %s", run)
+    return gone
+
+
 def _armed_faults(net: LocalNetwork, faults: dict[str, str]) -> dict[str, str]:
     """Role name → the MOEFORGE_FAULT value for it, checked (ConfigError naming the bad one)."""
     armed = {}

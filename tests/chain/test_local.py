@@ -51,6 +51,62 @@ def test_manual_clock_moves_only_by_step(tmp_path):
         chain.step(0)
 
 
+def _keys(n):
+    return [keypair_from_seed(hashlib.sha256(f"lockstep-{i}".encode()).digest()).ss58_address for i in range(n)]
+
+
+def test_a_lockstep_chain_jumps_to_the_earliest_wake_up_once_every_neuron_is_idle(tmp_path):
+    clock = Clock()
+    chain = LocalChain(tmp_path / "c.sqlite", lockstep_s=30, clock=clock)
+    a, b, c = _keys(3)
+    for hotkey in (a, b, c):
+        chain.register(hotkey)
+    assert chain.idle(a, 5) == 0 and chain.idle(b, 9) == 0  # c has said nothing: it may still be busy
+    clock.now += 29.9
+    assert chain.block() == 0  # however long it takes, below the ceiling
+    assert chain.idle(c, 7) == 5  # now all three are idle: the head goes to the earliest, a's 5
+    assert chain.idle(a, 6) == 6  # a wakes at 5, works, then waits for 6 (b still idle to 9, c to 7)
+    assert chain.idle(a, None) == 7  # a is done for good; c's 7 is the next wake-up
+    assert chain.idle(c, None) == 9 and chain.idle(b, None) == 9  # all done: nothing moves the head any more
+    assert chain.block() == 9
+
+
+def test_a_lockstep_chain_moves_one_block_per_ceiling_while_a_neuron_is_busy_or_dead(tmp_path):
+    clock = Clock()
+    chain = LocalChain(tmp_path / "c.sqlite", lockstep_s=30, clock=clock)
+    a, b = _keys(2)
+    chain.register(a), chain.register(b)
+    chain.idle(a, 100)  # b never says it is idle (killed, say)
+    clock.now += 30
+    assert chain.block() == 1
+    clock.now += 65
+    assert chain.block() == 3
+    assert chain.idle(b, 4) == 4  # b is back and idle: lock-step again, from where the ceiling left the head
+    clock.now += 29
+    assert chain.block() == 4
+
+
+def test_lockstep_settings_persist_and_conflicts_are_refused(tmp_path):
+    LocalChain(tmp_path / "c.sqlite", lockstep_s=30)
+    assert LocalChain(tmp_path / "c.sqlite").lockstep_s == 30
+    with pytest.raises(ConfigError, match="runs with lockstep_s=30, not 5"):
+        LocalChain(tmp_path / "c.sqlite", lockstep_s=5)
+    with pytest.raises(ConfigError, match="a lock-step chain has no wall clock"):
+        LocalChain(tmp_path / "d.sqlite", lockstep_s=30, block_seconds=12)
+    with pytest.raises(ConfigError, match="lockstep_s=0"):
+        LocalChain(tmp_path / "e.sqlite", lockstep_s=0)
+    wall = LocalChain(tmp_path / "w.sqlite", block_seconds=0)
+    (a,) = _keys(1)
+    wall.register(a)
+    assert wall.idle(a, 50) == 0  # other clocks only record it
+
+
+def test_idle_from_an_unregistered_hotkey_is_refused(tmp_path):
+    chain = LocalChain(tmp_path / "c.sqlite", lockstep_s=30)
+    with pytest.raises(ChainError, match="not registered"):
+        chain.idle(_keys(1)[0], 3)
+
+
 def test_settings_and_hashes_persist_across_opens(tmp_path):
     path = tmp_path / "c.sqlite"
     first = LocalChain(path, block_seconds=0)

@@ -102,3 +102,29 @@ def test_network_up_with_a_missing_model_is_refused_before_starting_anything(tmp
 def test_network_up_on_a_chain_it_cannot_administer_is_refused(tmp_path, small_testbed):
     _refused(["network", "up", "--model", str(small_testbed[1]), "--chain", "bittensor://finney", "--run", str(tmp_path / "r")],
              "netuid")
+
+
+def _run_folders(home, names):
+    import os
+
+    for i, name in enumerate(names):
+        run = home / "network" / name
+        run.mkdir(parents=True)
+        (run / "network.json").write_text("{}")
+        os.utime(run / "network.json", (1_000_000 + i, 1_000_000 + i))  # oldest first
+    (home / "network" / "notes").mkdir()  # not a run folder: never touched
+
+
+def test_network_clean_removes_all_but_the_newest_run_folders_and_nothing_else(tmp_path):
+    home = tmp_path / "home"
+    _run_folders(home, ["20260101-000000", "20260102-000000", "20260103-000000"])
+    result = runner.invoke(app, ["network", "clean", "--keep", "1"], env={"MOEFORGE_HOME": str(home)})
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (home / "network").iterdir()) == ["20260103-000000", "notes"]
+    assert "removed 2 run folders" in result.output
+    result = runner.invoke(app, ["network", "clean"], env={"MOEFORGE_HOME": str(home)})
+    assert sorted(p.name for p in (home / "network").iterdir()) == ["notes"]
+
+
+def test_network_clean_with_a_negative_keep_is_refused(tmp_path):
+    _refused(["network", "clean", "--keep", "-1"], "--keep -1", env={"MOEFORGE_HOME": str(tmp_path)})
