@@ -16,8 +16,9 @@ entering it; the rest are named where the role reaches them):
                mid_upload (half the delta written to the store's temp file; for
                a store that uploads in one request, once it is sent), after_upload (the
                delta in the store, its reveal not yet on chain)
-    validator  base_state, read_chain, fetch_check, score, merge, publish, after_publish (the
-               result on chain, state.json not yet written), weights
+    validator  base_state, read_chain, fetch_check, score, mid_score (half the submissions scored),
+               merge, mid_merge (the current state's merge loss known, the candidates not yet
+               judged), publish, after_publish (the result on chain, state.json not yet written), weights
 
 What a fault trial is judged by lives with the test harness (`harness/faults.py`), outside the package.
 """
@@ -37,7 +38,8 @@ FIRED_FILE = "faults.fired"
 POINTS: dict[str, tuple[str, ...]] = {
     "owner": ("prepare", "select", "upload", "publishing", "mid_job", "history", "evaluate", "recorded"),
     "miner": ("fetch", "load", "train", "mid_training", "after_commit", "mid_upload", "after_upload"),
-    "validator": ("base_state", "read_chain", "fetch_check", "score", "merge", "publish", "after_publish", "weights"),
+    "validator": ("base_state", "read_chain", "fetch_check", "score", "mid_score", "merge", "mid_merge", "publish",
+                  "after_publish", "weights"),
 }
 
 

@@ -15,7 +15,7 @@ swaps slices in place (`scoring.applied`); the model ends bit-identical to how i
 import logging
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,13 +89,17 @@ def choose_state(
     *,
     margin: float = 0.0,
     batch_size: int = 8,
+    midway: Callable[[], object] | None = None,
 ) -> tuple[ExpertSlice, MergeDecision]:
-    """(the next expert state, why): merged, else best single, else current, judged on `batches`."""
+    """(the next expert state, why): merged, else best single, else current, judged on `batches`.
+    `midway()` once the current state's loss is known, before the candidates are judged."""
     if not holds(model, current):
         raise ModelError("the model does not hold the current expert state; write it in (apply_slice) before merging.")
     current_loss = batch_losses(model, batches, batch_size=batch_size).mean
     if not math.isfinite(current_loss):
         raise ModelError(f"the current state's loss on the merge sample is {current_loss}; the model or the data is broken.")
+    if midway is not None:
+        midway()
     merged_loss = single_loss = None
     if candidate.merged is not None:
         merged_loss = _loss_with(model, current, candidate.merged, batches, batch_size)

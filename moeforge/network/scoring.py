@@ -12,7 +12,7 @@ counts once), the same `mean_token_loss` every evaluation uses.
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -104,8 +104,10 @@ def score_deltas(
     *,
     noise_floor: float,
     batch_size: int = 8,
+    on_scored: Callable[[int, int], object] | None = None,
 ) -> dict[str, Verdict]:
     """A Verdict per hotkey: score = loss(current) − loss(current + delta), or why it was refused.
+    `on_scored(done, of)` after each submission (with `model` holding `current` again).
 
     `model` must hold `current` (checked); it holds it again, bit for bit, on return. A score at
     or below `noise_floor` is NO_IMPROVEMENT with score 0.
@@ -119,6 +121,8 @@ def score_deltas(
     for hotkey, delta in deltas.items():
         verdicts[hotkey] = _score_one(model, current, hotkey, delta, batches, base, noise_floor, batch_size)
         log.debug("%s: %s %s", hotkey, verdicts[hotkey].reject or "accepted", verdicts[hotkey].detail)
+        if on_scored is not None:
+            on_scored(len(verdicts), len(deltas))
     accepted = [v.score for v in verdicts.values() if v.accepted]
     log.info(
         "scored %d submissions on %d batches (%d tokens): %d above the noise floor, best Δloss %s",

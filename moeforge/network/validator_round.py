@@ -112,11 +112,13 @@ def judge_round(
         verdicts.update({c: Verdict(c, Reject.COPY, f"a copy of {o}'s submission (the earlier commitment wins)") for c, o in copies.items()})
     deltas = {s.hotkey: delta_slice(s.tensors, current) for s in submissions if s.hotkey not in copies and s.hotkey not in replays}
     with observer.phase("score", timings):
-        scored = score_deltas(model, current, deltas, score_batches, noise_floor=job.noise_floor,
-                              batch_size=job.eval_batch_rows) if deltas else {}
+        scored = score_deltas(model, current, deltas, score_batches, noise_floor=job.noise_floor, batch_size=job.eval_batch_rows,
+                              on_scored=lambda done, of: observer.reached("mid_score") if 2 * done >= of else None,
+                              ) if deltas else {}
     verdicts.update(scored)
     with observer.phase("merge", timings):
-        state, decision, accepted = merge_round(model, current, deltas, scored, merge_batches, job)
+        state, decision, accepted = merge_round(model, current, deltas, scored, merge_batches, job,
+                                                midway=lambda: observer.reached("mid_merge"))
     blocks = {rev.hotkey: rev.commit_block for rev in revealed}
     digests = {rev.hotkey: rev.digest for rev in revealed}
     entries = [VerdictEntry.of(verdicts[h], digests.get(h), blocks.get(h)) for h in sorted(verdicts, key=lambda h: (blocks.get(h, 1 << 62), h))]
@@ -149,13 +151,14 @@ def fetch_all(store: Store, revealed: list[Revealed], *, job: JobSpec, round: in
 
 
 def merge_round(model, current: ExpertSlice, deltas: Mapping[str, ExpertSlice], scored: Mapping[str, Verdict],
-                merge_batches: list[Batch], job: JobSpec) -> tuple[ExpertSlice, MergeDecision | None, list[str]]:
+                merge_batches: list[Batch], job: JobSpec, *, midway=None) -> tuple[ExpertSlice, MergeDecision | None, list[str]]:
     """(next state, the merge decision, the merge cohort best first); the current state when nothing scored."""
     ranked = [(h, scored[h].score, delta) for h, delta in deltas.items() if scored[h].accepted]  # commit order breaks ties
     if not ranked:
         return current, None, []
     candidate = merge(current, ranked, top_k=job.top_k)
-    state, decision = choose_state(model, current, candidate, merge_batches, margin=job.merge_margin, batch_size=job.eval_batch_rows)
+    state, decision = choose_state(model, current, candidate, merge_batches, margin=job.merge_margin, batch_size=job.eval_batch_rows,
+                                   midway=midway)
     return state, decision, sorted(candidate.coefficients, key=lambda h: -scored[h].score)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from moeforge.chain.keys import keypair_from_uri
 from moeforge.errors import ConfigError
 from moeforge.network.commitment import ResultPayload, decode_result
 from harness.faults import corrupt_objects, record_problems
@@ -230,12 +231,15 @@ def test_the_owner_killed_mid_job_resumes_its_job_and_writes_the_record(killed_m
 @pytest.fixture(scope="module")
 def killed_validator_and_a_flipped_byte(tmp_path_factory, fault_request, data_file):
     """The validator killed mid-scoring in round 1; the first delta miner-1 reveals gets a flipped byte in the store
-    after it is revealed, before the validator reads it (the reveal window is three blocks); and miner-0 killed from
-    outside the moment its events say it trained in round 1 (before or after its commitment landed)."""
+    after it is revealed, before the validator reads it; and miner-0 killed from outside the moment its events say
+    it trained in round 1 (before or after its commitment landed). The test takes part in the lock-step chain as a
+    watcher neuron, idle one block at a time, so the chain cannot reach the scoring block before the byte is flipped."""
     run = tmp_path_factory.mktemp("faults") / "run"
     flipped: list[tuple[int, str]] = []
+    watcher = keypair_from_uri("//moeforge/test/watcher").ss58_address
 
     def flip_and_kill(net, job, head):
+        net.chain.register(watcher)  # idempotent; until its first idle the chain waits for it
         events = read_events(run / "miner-1")
         revealed = next((e["round"] for e in events if e["event"] == "revealed"), None)
         if not flipped and revealed is not None:
@@ -244,8 +248,9 @@ def killed_validator_and_a_flipped_byte(tmp_path_factory, fault_request, data_fi
             flipped.append((revealed, digest))
         if not net.restarts.get("miner-0") and any(e["event"] == "trained" and e["round"] == 1 for e in read_events(run / "miner-0")):
             net.kill("miner-0")  # the supervisor in wait() restarts it on its next poll
+        net.chain.idle(watcher, net.chain.block() + 1)
 
-    record, net = _run(run, fault_request, data_file, on_block=flip_and_kill, faults={"validator-0": "score@1"})
+    record, net = _run(run, fault_request, data_file, on_block=flip_and_kill, faults={"validator-0": "mid_score@1"})
     return record, net, flipped
 
 
@@ -279,7 +284,7 @@ def _check_validator_resumed(record, net, point: str) -> None:
 def test_a_validator_killed_mid_scoring_resumes_the_round_from_its_persisted_state(killed_validator_and_a_flipped_byte):
     record, net, flipped = killed_validator_and_a_flipped_byte
     _check_job(record, net, corrupt_expected={digest for _, digest in flipped})
-    _check_validator_resumed(record, net, "score")
+    _check_validator_resumed(record, net, "mid_score")
 
 
 def _results_published(net, hotkey: str, r: int) -> set[str]:
@@ -338,10 +343,10 @@ def test_a_chain_unreachable_for_seconds_is_retried_with_backoff_and_a_validator
         outage[0].start()
 
     record, net = _run(tmp_path / "run", fault_request, data_file, on_block=take_the_chain_away,
-                       chain_url=f"local://{chain_dir / 'chain.sqlite'}?lockstep_s=60", faults={"validator-0": "merge@1"})
+                       chain_url=f"local://{chain_dir / 'chain.sqlite'}?lockstep_s=60", faults={"validator-0": "mid_merge@1"})
     outage[0].join()
     _check_job(record, net)
-    _check_validator_resumed(record, net, "merge")
+    _check_validator_resumed(record, net, "mid_merge")
     logs = {m.name: " ".join((m.run_dir / "process.log").read_text().split()) for m in net.members}  # rich wraps lines
     retried = [name for name, text in logs.items() if "chain unreachable" in text and "retry 1 in" in text]
     assert len(retried) >= 2, {name: text[-500:] for name, text in logs.items()}
