@@ -7,14 +7,13 @@ plus a one-round job with a loose norm bound for the NaN-batch exploit. Counts, 
 submissions judged, merged (in any adopted state's contributions) and rewarded (a positive weight
 from any validator); the honest miners' share of all weights set; the validator's extra cost of the
 checks per submission (fetch + unpack + checks + copy/replay detection, against scoring); and the
-fault-injection trials of `bench/faults.py` when it exists. Prints a table and writes
+fault-injection columns, read from bench/results/faults.json (run bench/faults.py first). Prints a table and writes
 bench/results/attacks.json.
 
     .venv/bin/python bench/attacks.py [--trials 3] [--seed 0] [--out bench/results/attacks.json]
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -40,6 +39,7 @@ from harness.adversary import ATTACKS, DishonestValidator, adversaries
 from harness.inprocess import InProcessNetwork
 
 RESULTS = Path(__file__).parent / "results" / "attacks.json"
+FAULTS_RESULTS = Path(__file__).parent / "results" / "faults.json"
 ROUNDS = 2
 RECORDS = 600
 WRONG_STATE = "wrong_state_validator"
@@ -151,17 +151,16 @@ def run_trials(trials: int, seed: int, model_dir: Path, records, work: Path) -> 
     }
 
 
-def fault_columns(trials: int, seed: int) -> dict:
-    """bench/faults.py's fault-injection trials, when that bench exists; else nulls."""
-    path = Path(__file__).parent / "faults.py"
-    if not path.is_file():
-        return {"fault_trials": None, "fault_trials_survived": None, "faults": None,
-                "faults_note": "bench/faults.py does not exist yet"}
-    spec = importlib.util.spec_from_file_location("bench_faults", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    got = module.run_fault_trials(trials=trials, seed=seed)
-    return {"fault_trials": got["fault_trials"], "fault_trials_survived": got["fault_trials_survived"], "faults": got.get("faults")}
+def fault_columns() -> dict:
+    """The fault-injection columns, from bench/results/faults.json (what `bench/faults.py` last wrote, with its
+    provenance); nulls when that file is missing."""
+    if not FAULTS_RESULTS.is_file():
+        return {"fault_trials": None, "fault_trials_survived": None, "faults_from": None,
+                "faults_note": f"{FAULTS_RESULTS.name} is missing: run bench/faults.py first"}
+    got = json.loads(FAULTS_RESULTS.read_text())
+    return {"fault_trials": got["fault_trials"], "fault_trials_survived": got["fault_trials_survived"],
+            "faults_from": {"file": f"bench/results/{FAULTS_RESULTS.name}", "command": got.get("command"),
+                            "git_commit": got.get("git_commit"), "started_at": got.get("started_at")}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -171,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--testbed", type=Path, default=None, help="small testbed directory (default: the moeforge cache)")
-    parser.add_argument("--no-faults", action="store_true", help="leave the fault-injection columns null")
+    parser.add_argument("--no-faults", action="store_true", help="leave the fault-injection columns null (else they are "
+                        "read from bench/results/faults.json)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: one trial, no fault trials")
     args = parser.parse_args(argv)
     if args.quick:
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="moeforge-attacks-") as work:
         result = run_trials(args.trials, args.seed, model_dir, records, Path(work))
-    result.update(fault_columns(args.trials, args.seed) if not args.no_faults else
-                  {"fault_trials": None, "fault_trials_survived": None, "faults": None, "faults_note": "--no-faults"})
+    result.update(fault_columns() if not args.no_faults else
+                  {"fault_trials": None, "fault_trials_survived": None, "faults_from": None, "faults_note": "--no-faults"})
     result.update({
         "trials": args.trials, "seed": args.seed, "rounds": ROUNDS, "seconds": round(time.perf_counter() - start, 1),
         "versions": software_versions(),

@@ -3,6 +3,7 @@
 The kill points themselves are the roles' seam in `moeforge.network.faults` (`MOEFORGE_FAULT`).
 """
 
+from moeforge.network.commitment import ResultPayload, decode_result
 from moeforge.store.protocol import Store
 
 
@@ -33,3 +34,21 @@ def record_problems(record, rounds: int, miners: set[str]) -> list[str]:
     if not record.heldout_loss_after < record.heldout_loss_before:
         problems.append(f"held-out loss {record.heldout_loss_before:.4f} → {record.heldout_loss_after:.4f} did not fall")
     return problems
+
+
+def results_published(chain, job, hotkey: str, r: int) -> set[str]:
+    """Every state a validator's on-chain result for round r has named, over the blocks since the round's seed."""
+    states = set()
+    for block in range(job.schedule.seed_block(r), chain.block() + 1):
+        latest = chain.commitment(hotkey, at_block=block)
+        payload = decode_result(latest.data) if latest is not None else None
+        if isinstance(payload, ResultPayload) and payload.round == r:
+            states.add(payload.state_sha256)
+    return states
+
+
+def double_publications(chain, job, validators: set[str]) -> list[str]:
+    """Each (validator, round) whose results on chain named more than one state (empty when none did)."""
+    return [f"{hotkey[:10]}… published {len(states)} different results for round {r}"
+            for hotkey in sorted(validators) for r in range(job.rounds)
+            if len(states := results_published(chain, job, hotkey, r)) > 1]

@@ -41,6 +41,10 @@ class StoreError(MoeforgeError):
     """An artifact store object is corrupt, too large, or the store cannot be reached."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (its folder gone, a mount down): worth retrying, as the folder store does."""
+
+
 class PayloadError(MoeforgeError):
     """An uploaded payload is malformed, unsigned, or signed by another key than it claims."""
 

@@ -96,10 +96,13 @@ def call_with_retries(
     sleep: Callable[[float], object] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
+    retry_on: type[Exception] = ChainUnavailable,
+    thing: str = "chain",
+    longer: str = "raise the deadline in the chain URL (e.g. ?retry_s=600)",
 ) -> T:
-    """ATTEMPT(0), then ATTEMPT(1), … while it raises ChainUnavailable, until POLICY's deadline.
+    """ATTEMPT(0), then ATTEMPT(1), … while it raises RETRY_ON (the THING is unreachable), until POLICY's deadline.
 
-    WHAT names the call in the give-up message. Any other exception propagates at once.
+    WHAT names the call in the give-up message, LONGER how to wait longer. Any other exception propagates at once.
     """
     rng = rng or random.Random()
     start = clock()
@@ -107,19 +110,18 @@ def call_with_retries(
     while True:
         try:
             return attempt(retry)
-        except ChainUnavailable as exc:
+        except retry_on as exc:
             elapsed = clock() - start
             remaining = policy.deadline_s - elapsed
             if remaining <= 0:
                 tries = f"{retry + 1} tr{'y' if retry == 0 else 'ies'}"
-                raise ChainUnavailable(
-                    f"{what}: the chain stayed unreachable for {_seconds(elapsed)} s ({tries}), so moeforge gave up. "
-                    f"Last error: {str(exc).rstrip('.')}. To wait longer, raise the deadline in the chain URL "
-                    "(e.g. ?retry_s=600)."
+                raise retry_on(
+                    f"{what}: the {thing} stayed unreachable for {_seconds(elapsed)} s ({tries}), so moeforge gave up. "
+                    f"Last error: {str(exc).rstrip('.')}. To wait longer, {longer}."
                 ) from exc
             retry += 1
             pause = min(policy.delay(retry, rng), remaining)
-            log.warning("chain unreachable (%s): retry %d in %.1f s", exc, retry, pause)
+            log.warning("%s unreachable (%s): retry %d in %.1f s", thing, exc, retry, pause)
             sleep(pause)
 
 

@@ -18,8 +18,8 @@ import pytest
 
 from moeforge.chain.keys import keypair_from_uri
 from moeforge.errors import ConfigError
-from moeforge.network.commitment import ResultPayload, decode_result
-from harness.faults import corrupt_objects, record_problems
+from moeforge.network.commitment import decode_result
+from harness.faults import corrupt_objects, record_problems, results_published
 from moeforge.network.faults import Fault, parse_fault
 from moeforge.network.local import LOCKSTEP_SCHEDULE, NetworkPlan, start_local_network
 from moeforge.network.observe import Observer, read_events
@@ -288,15 +288,7 @@ def test_a_validator_killed_mid_scoring_resumes_the_round_from_its_persisted_sta
 
 
 def _results_published(net, hotkey: str, r: int) -> set[str]:
-    """Every state a validator's on-chain result for round r has named, over the blocks of the job."""
-    job = net.job()
-    states = set()
-    for block in range(job.schedule.seed_block(r), net.chain.block() + 1):
-        latest = net.chain.commitment(hotkey, at_block=block)
-        payload = decode_result(latest.data) if latest is not None else None
-        if isinstance(payload, ResultPayload) and payload.round == r:
-            states.add(payload.state_sha256)
-    return states
+    return results_published(net.chain, net.job(), hotkey, r)
 
 
 @pytest.mark.integration
