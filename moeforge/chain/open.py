@@ -18,7 +18,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from moeforge.chain.protocol import Chain
-from moeforge.chain.retry import RetryingChain, RetryingLocalChain, RetryPolicy, call_with_retries
+from moeforge.chain.retry import RetryingChain, RetryingLocalChain
+from moeforge.retry import RetryPolicy, call_with_retries
 from moeforge.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from moeforge.atomic import write_file
-from moeforge.chain.retry import RetryPolicy, call_with_retries
+from moeforge.retry import RetryPolicy, call_with_retries
 from moeforge.errors import ArtifactNotFound, ConfigError, StoreError, StoreUnavailable
 from moeforge.store.protocol import (
     CHUNK_BYTES,

@@ -24,7 +24,8 @@ from moeforge.chain.bittensor import BittensorChain
 from moeforge.chain.keys import keypair_from_uri
 from moeforge.chain.local import LocalChain
 from moeforge.chain.protocol import Chain
-from moeforge.chain.retry import RetryingChain, RetryingLocalChain, RetryPolicy
+from moeforge.chain.retry import RetryingChain, RetryingLocalChain
+from moeforge.retry import RetryPolicy
 
 NETUID = 7
 RAO_PER_TAO = 10**9

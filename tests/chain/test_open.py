@@ -7,7 +7,8 @@ import pytest
 from moeforge.chain.bittensor import BittensorChain
 from moeforge.chain.local import LocalChain
 from moeforge.chain.open import open_chain
-from moeforge.chain.retry import RetryingChain, RetryingLocalChain, RetryPolicy
+from moeforge.chain.retry import RetryingChain, RetryingLocalChain
+from moeforge.retry import RetryPolicy
 from moeforge.cli import settings
 from moeforge.errors import ChainUnavailable, ConfigError
 

@@ -13,7 +13,8 @@ import pytest
 
 from moeforge.chain.local import LocalChain
 from moeforge.chain.protocol import Commitment, Metagraph
-from moeforge.chain.retry import RetryingChain, RetryingLocalChain, RetryPolicy
+from moeforge.chain.retry import RetryingChain, RetryingLocalChain
+from moeforge.retry import RetryPolicy
 from moeforge.errors import ChainError, ChainUnavailable, ConfigError
 
 NO_JITTER = RetryPolicy(initial_s=0.5, factor=2.0, max_s=15.0, deadline_s=60.0, jitter=0.0)

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from moeforge.chain.retry import RetryPolicy
+from moeforge.retry import RetryPolicy
 from moeforge.errors import StoreUnavailable
 from moeforge.store.local import LocalStore
 
