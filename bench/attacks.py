@@ -160,7 +160,7 @@ def fault_columns() -> dict:
     got = json.loads(FAULTS_RESULTS.read_text())
     return {"fault_trials": got["fault_trials"], "fault_trials_survived": got["fault_trials_survived"],
             "faults_from": {"file": f"bench/results/{FAULTS_RESULTS.name}", "command": got.get("command"),
-                            "git_commit": got.get("git_commit"), "started_at": got.get("started_at")}}
+                            "git_commit": got.get("git_commit"), "started_at": got.get("started_at")}, "faults_note": None}
 
 
 def main(argv: list[str] | None = None) -> dict:
