@@ -141,7 +141,7 @@ def _keep_last(runs: Path, keep: int) -> None:
 
 
 @app.command()
-def clean(keep: KeepOpt = 0) -> None:
+def clean(keep: Annotated[int, typer.Option("--keep", help="Run folders to keep (the newest).")] = 0) -> None:
     """Remove the run folders `network up` and `demo` left under $MOEFORGE_HOME/network, all but the last --keep."""
     from moeforge.cli import settings
     from moeforge.network.local import prune_runs
