@@ -113,14 +113,14 @@ def split_data(
     from moeforge.data.fingerprint import fingerprint_records
     from moeforge.data.salts import SplitNote, choose, salt_for
 
-    records, report = _read_data(data, "train" if split == "train" else "test", flag, **fields)
+    corpus_split = "train" if split == "train" else "test"
+    records, report = _read_data(data, corpus_split, flag, **fields)
     if report is None:
-        name = "train" if split == "train" else "test"
-        return records, SplitNote(data=data, data_fingerprint=None, split=name, records=len(records),
-                                  counts={name: len(records)}, salt_source="none: the vendored corpus's own split")
+        return records, SplitNote(data=data, data_fingerprint=None, split=corpus_split, records=len(records),
+                                  counts={corpus_split: len(records)}, salt_source="none: the vendored corpus's own split")
     fingerprint = fingerprint_records(records)
     secret, source = salt_for(fingerprint, salt, settings.home())
-    chosen, splits = choose(records, fingerprint, split, secret)
+    chosen, splits = choose(records, split, secret)
     counts = {"train": len(splits.train), "validation": len(splits.validation), "heldout": len(splits.heldout)}
     read = (f"fields {report.fields}" + (", detected" if report.detected else "")) if report.fields else "plain text"
     return chosen, SplitNote(data=f"{data} ({read})", data_fingerprint=fingerprint, split=split, records=len(chosen),

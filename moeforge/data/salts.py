@@ -62,7 +62,7 @@ def salt_for(fingerprint: str, given: str | None, home: Path) -> tuple[str, str]
     return salt, f"new, remembered in {path}"
 
 
-def choose(records: tuple[Record, ...], fingerprint: str, split: SplitName, salt: str) -> tuple[tuple[Record, ...], Splits]:
+def choose(records: tuple[Record, ...], split: SplitName, salt: str) -> tuple[tuple[Record, ...], Splits]:
     """The records of `split` (all of them for "all"), and every split."""
     splits = split_records(records, salt, validation=VALIDATION, heldout=HELDOUT)
     chosen = records if split == "all" else getattr(splits, split)

@@ -136,7 +136,10 @@ class LocalStore:
         if self.root.is_dir():
             self._seen = True
         elif self._seen:
-            raise StoreUnavailable(f"store {self.url} is unreachable: its folder is gone (unmounted or moved?)")
+            raise self._gone()
+
+    def _gone(self) -> StoreUnavailable:
+        return StoreUnavailable(f"store {self.url} is unreachable: its folder is gone (unmounted or moved?)")
 
     def _reachable(self, what: str, attempt: Callable[[], T]) -> T:
         """`attempt()`, retried with backoff while the store is unreachable, up to the retry policy's deadline."""
@@ -151,13 +154,13 @@ class LocalStore:
                 self.root.mkdir(parents=True, exist_ok=True)
             self._seen = True
         final = self._path(digest)
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-        except FileNotFoundError:  # the folder went away between the check and here
-            raise StoreUnavailable(f"store {self.url} is unreachable: its folder is gone (unmounted or moved?)") from None
+        try:  # one level at a time, never the root itself: a root gone since the check is an outage, not re-created
+            for folder in (final.parent.parent, final.parent):
+                folder.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            raise self._gone() from None
         except OSError:
             pass  # the write below reports it, naming the object
-        self._check_root()
         with self._os_errors(f"write object {digest}"):
             write_file(final, write, check=lambda temp: _check_written(temp, digest, self.url), read_only=True,
                        temp_prefix=f"{TEMP_PREFIX}{digest[:16]}-")
