@@ -10,6 +10,25 @@ from moeforge.errors import DataError
 
 
 @torch.no_grad()
+def row_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int = 8,
+               on_batch: Callable[[int, int], object] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed next-token cross-entropy per row, float64 [N]; labelled positions per row, int64 [N]).
+
+    The per-row parts of `mean_token_loss`, for tests that pair rows (scoring's significance test).
+    """
+    sums, counts = [], []
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[start : start + batch_size]
+        target = labels[start : start + batch_size, 1:]
+        logits = model(input_ids=ids).logits[:, :-1].float()  # [B, L-1, V]
+        per_token = F.cross_entropy(logits.transpose(1, 2), target.to(logits.device), ignore_index=-100, reduction="none")
+        sums.append(per_token.double().sum(dim=1).cpu())
+        counts.append((target != -100).sum(dim=1).cpu())
+        if on_batch is not None:
+            on_batch(min(start + batch_size, input_ids.shape[0]), input_ids.shape[0])
+    return torch.cat(sums), torch.cat(counts).long()
+
+
 def mean_token_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int = 8,
                     on_batch: Callable[[int, int], object] | None = None) -> float:
     """Mean next-token cross-entropy over every labelled position (labels -100 are skipped).
@@ -18,19 +37,11 @@ def mean_token_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_
     `batch_size`. A non-finite loss is returned as is: callers decide what it means.
     `on_batch(rows done, rows in all)` after each batch.
     """
-    total, count = 0.0, 0
-    for start in range(0, input_ids.shape[0], batch_size):
-        ids = input_ids[start : start + batch_size]
-        lab = labels[start : start + batch_size]
-        logits = model(input_ids=ids).logits[:, :-1].float()  # [B, L-1, V]
-        target = lab[:, 1:]
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum").item()
-        count += int((target != -100).sum())
-        if on_batch is not None:
-            on_batch(min(start + batch_size, input_ids.shape[0]), input_ids.shape[0])
+    sums, counts = row_losses(model, input_ids, labels, batch_size, on_batch)
+    count = int(counts.sum())
     if count == 0:
         raise DataError("no labelled tokens to evaluate (every label is -100).")
-    return total / count
+    return float(sums.sum()) / count
 
 
 def perplexity(loss: float) -> float:

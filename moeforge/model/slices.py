@@ -117,6 +117,23 @@ def apply_slice(model, piece: ExpertSlice, *, sign: int = 1) -> None:
         write_expert(model, slot, new)
 
 
+def linear_combination(reference: ExpertSlice, terms: list[tuple[float, ExpertSlice]]) -> ExpertSlice:
+    """Σ coefficient · delta over `reference`'s slots, in float64, stored in the dtype make_delta uses for this base
+    (float64 for float32 experts, else float32). No terms: the zero delta."""
+    weights = {}
+    for slot in reference.slots:
+        parts = {}
+        for name, base in vars(reference.weights[slot]).items():  # ExpertWeights fields: gate, up, down, biases
+            if base is not None:
+                dtype = torch.float64 if base.dtype == torch.float32 else torch.float32
+                total = torch.zeros(base.shape, dtype=torch.float64)
+                for c, d in terms:
+                    total += c * getattr(d.weights[slot], name).to(torch.float64)
+                parts[name] = total.to(dtype)
+        weights[slot] = ExpertWeights(**parts)
+    return ExpertSlice(kind="delta", model_type=reference.model_type, base_fingerprint=reference.base_fingerprint, weights=weights)
+
+
 def remove_delta(model, delta: ExpertSlice) -> None:
     """Undo `apply_slice(model, delta)` exactly."""
     if delta.kind != "delta":

@@ -19,11 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from moeforge.errors import ConfigError, ModelError
-from moeforge.model.experts import ExpertWeights
-from moeforge.model.slices import ExpertSlice, extract_slice
+from moeforge.model.slices import ExpertSlice, extract_slice, linear_combination
 from moeforge.network.checks import global_norm
 from moeforge.network.scoring import Batch, applied, batch_losses, holds
 
@@ -72,7 +69,7 @@ def merge(current: ExpertSlice, scored: Sequence[tuple[str, float, ExpertSlice]]
     clipped = {h: factors[h] * norms[h] for h in norms}
     total = sum(clipped.values())
     shares = {h: c / total for h, c in clipped.items()} if total > 0 else {}
-    merged = _combine(current, [(coefficients[h], delta) for h, _, delta in cohort])
+    merged = linear_combination(current, [(coefficients[h], delta) for h, _, delta in cohort])
     best_hotkey, _, best = cohort[0]
     log.info(
         "merge: %d of %d positive deltas, median norm %.4g, %d clipped",
@@ -129,16 +126,3 @@ def _state_with(model, current: ExpertSlice, delta: ExpertSlice) -> ExpertSlice:
     """current + delta exactly as the model holds it (the same rounding as apply_slice)."""
     with applied(model, current, delta):
         return extract_slice(model, current.slots, current.base_fingerprint)
-
-
-def _combine(current: ExpertSlice, terms: list[tuple[float, ExpertSlice]]) -> ExpertSlice:
-    """Σ coefficient · delta in float64, stored in the dtype make_delta uses for this base."""
-    weights = {}
-    for slot in current.slots:
-        parts = {}
-        for name, base in vars(current.weights[slot]).items():  # ExpertWeights fields: gate, up, down, biases
-            if base is not None:
-                dtype = torch.float64 if base.dtype == torch.float32 else torch.float32
-                parts[name] = sum(c * getattr(d.weights[slot], name).to(torch.float64) for c, d in terms).to(dtype)
-        weights[slot] = ExpertWeights(**parts)
-    return ExpertSlice(kind="delta", model_type=current.model_type, base_fingerprint=current.base_fingerprint, weights=weights)
