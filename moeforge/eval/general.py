@@ -1,5 +1,9 @@
 """General language-model perplexity on WikiText-2 test: the forgetting check after fine-tuning.
 
+`general_reference_rows` is the other half: the rows of WikiText-2 *validation* a job's drift
+budget is enforced on while it trains (network/merge.py's guard), so the test split that reports
+the outcome is never the one the outcome was steered by.
+
 Every token of the articles is scored (plain text has no prompt), in file order, so two
 models evaluated with the same tokenizer, seq_len and max_tokens see the same tokens.
 """
@@ -34,3 +38,10 @@ def general_perplexity(
     result = rows_loss(model, input_ids, labels, batch_size=batch_size, on_batch=on_batch)
     log.debug("WikiText-2 test: loss %.4f, perplexity %.2f over %d tokens", result.loss, result.perplexity, result.tokens)
     return result
+
+
+def general_reference_rows(tokenizer: "PreTrainedTokenizerBase", *, seq_len: int, rows: int) -> tuple:
+    """(input_ids, labels) of the first `rows` rows of WikiText-2 validation (the vendored corpus's "train" split)."""
+    input_ids, labels = packed_rows(tokenizer, load_corpus(GENERAL_CORPUS, "train"), seq_len=seq_len, max_tokens=rows * seq_len)
+    log.debug("general reference: %d rows of WikiText-2 validation", input_ids.shape[0])
+    return input_ids, labels

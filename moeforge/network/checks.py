@@ -11,11 +11,15 @@ exception (STYLE.md §5).
 Copies (`find_copies`): a submission is a copy of another when their flattened deltas have a
 cosine similarity ≥ 0.99 (computed in float64 over every tensor), or the same digest. Cosine,
 not relative L2 distance, so that a scaled copy (0.5 × someone's delta) is caught too; 0.99
-catches a copy with added noise up to about 14% of its norm. Submissions are ordered by
-(commit block, commitment hash): the earliest is the original and only later ones are flagged.
-Commitments are hotkey-bound and a delta is revealed only after the commit deadline, so a copier
-cannot commit to a delta it has not seen; two identical deltas committed in the same block come
-from colluding hotkeys, and the lower commitment hash, a fixed rule, picks the original.
+catches a copy with added noise up to about 14% of its norm (a more diluted copy is caught by
+the shard evidence instead: it shows no training on the copier's own shard). Near-identical
+submissions form a copy group, and the original is the one committed first: commitments are
+hotkey-bound and a delta is revealed only after the commit deadline, so a copier cannot commit to
+a delta before its owner did. Within one block no order is trustworthy (a copier can grind its
+commitment hash below the original's), so there the original is the member whose delta shows the
+strongest evidence of training on its own assigned shard (evidence.py): a copy improves its
+source's shard, not the copier's. Without evidence (a caller that computed none) the lower
+commitment hash breaks the tie.
 
 Replays (`find_replays`): a delta that repeats an earlier round's accepted delta, or the update an
 earlier round adopted (state after − state before), scores without training. A replay re-signed
@@ -62,7 +66,8 @@ class Reject(StrEnum):
     COPY = "copy"                            # same as (or near) an earlier commitment of this round
     REPLAY = "replay"                        # same as (or near) an earlier round's accepted delta or adopted update
     NON_FINITE_LOSS = "non_finite_loss"      # some eval batch's loss is NaN or inf with the delta applied
-    NO_IMPROVEMENT = "no_improvement"        # scored, at or below the noise floor
+    NO_IMPROVEMENT = "no_improvement"        # scored: the gain is not significant, or the general loss eats it
+    NO_EVIDENCE = "no_evidence"              # no sign of training on its own assigned shard (evidence.py)
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,11 @@ class Verdict:
     hotkey: str
     reject: Reject | None  # None: accepted and scored
     detail: str  # names the culprit: tensor, batch, block, original hotkey
-    score: float | None = None  # loss(current) − loss(current + delta); 0.0 for NO_IMPROVEMENT; None if not scored
-    loss: float | None = None  # loss of current + delta on the eval batches, when computed
-    base_loss: float | None = None  # loss of current on the same batches
+    score: float | None = None  # gain over the free state, less any general-loss rise; 0.0 for NO_IMPROVEMENT; None if not scored
+    loss: float | None = None  # loss of the free state + delta on the eval batches, when computed
+    base_loss: float | None = None  # loss of the free state on the same batches
+    p_value: float | None = None  # the paired test of the gain (significance.paired_gain)
+    general_loss: float | None = None  # general loss with the delta applied, when the job guards general ability
 
     @property
     def accepted(self) -> bool:
@@ -225,33 +232,64 @@ class Earlier:
 COPY_COSINE = 0.99
 
 
-def find_copies(
-    submissions: Sequence[Submission],
-    *,
-    earlier_digests: Mapping[str, str] | None = None,
-    cosine: float = COPY_COSINE,
-) -> dict[str, str]:
-    """{copier hotkey: original hotkey} for this round's submissions (order: module docstring).
-
-    `earlier_digests` maps the digests of earlier rounds' accepted deltas to their miners'
-    hotkeys; a resubmission of one is flagged with that miner as the original.
-    """
-    earlier_digests = earlier_digests or {}
+def copy_groups(submissions: Sequence[Submission], *, cosine: float = COPY_COSINE) -> list[list[str]]:
+    """The round's submissions partitioned into copy groups (hotkeys in commit order): two submissions
+    are in one group when their digests are equal or their deltas' cosine is ≥ `cosine`, and groups are
+    closed under that relation. Singletons included."""
     ordered = sorted(submissions, key=lambda s: (s.commit_block, s.commitment))
     norms = [global_norm(s.tensors) for s in ordered]
-    copies: dict[str, str] = {}
+    parent = list(range(len(ordered)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
     for i, sub in enumerate(ordered):
-        if sub.digest in earlier_digests:
-            copies[sub.hotkey] = earlier_digests[sub.digest]
-            log.info("%s replays an earlier round's delta %s… by %s", sub.hotkey, sub.digest[:12], earlier_digests[sub.digest])
-            continue
         for j in range(i):
             first = ordered[j]
             similarity = 1.0 if first.digest == sub.digest else _cosine(first.tensors, sub.tensors, norms[j], norms[i])
             if similarity >= cosine:
-                copies[sub.hotkey] = first.hotkey
-                log.info("%s (block %d) copies %s (block %d): cosine %.5f", sub.hotkey, sub.commit_block, first.hotkey, first.commit_block, similarity)
-                break
+                log.info("%s (block %d) and %s (block %d) are near-identical: cosine %.5f", first.hotkey, first.commit_block,
+                         sub.hotkey, sub.commit_block, similarity)
+                parent[root(i)] = root(j)
+    groups: dict[int, list[str]] = {}
+    for i, sub in enumerate(ordered):
+        groups.setdefault(root(i), []).append(sub.hotkey)
+    return list(groups.values())
+
+
+def find_copies(
+    submissions: Sequence[Submission],
+    *,
+    evidence: Mapping[str, float] | None = None,
+    earlier_digests: Mapping[str, str] | None = None,
+    cosine: float = COPY_COSINE,
+) -> dict[str, str]:
+    """{copier hotkey: original hotkey} for this round's submissions (module docstring).
+
+    In each copy group the original is committed in the group's earliest block; among several
+    committed in that block, the one with the strongest `evidence` (its own-shard evidence
+    statistic), or without evidence the lowest commitment hash. `earlier_digests` maps the
+    digests of earlier rounds' accepted deltas to their miners' hotkeys; a resubmission of one is
+    flagged with that miner as the original.
+    """
+    earlier_digests = earlier_digests or {}
+    copies: dict[str, str] = {}
+    for sub in submissions:
+        if sub.digest in earlier_digests:
+            copies[sub.hotkey] = earlier_digests[sub.digest]
+            log.info("%s replays an earlier round's delta %s… by %s", sub.hotkey, sub.digest[:12], earlier_digests[sub.digest])
+    rest = [s for s in submissions if s.hotkey not in copies]
+    for group in copy_groups(rest, cosine=cosine):
+        if len(group) < 2:
+            continue
+        block = {s.hotkey: s.commit_block for s in rest}
+        first = [h for h in group if block[h] == min(block[g] for g in group)]  # group is in commit order
+        original = first[0] if evidence is None else max(first, key=lambda h: (evidence.get(h, -math.inf), -first.index(h)))
+        for hotkey in group:
+            if hotkey != original:
+                copies[hotkey] = original
     return copies
 
 

@@ -8,7 +8,8 @@ the final expert state, the history, each miner's contribution share and the hel
 before and after. The expert library reads the record from the store or `<run>/job/result.json`.
 
 Contribution shares: each round that adopted a new state credits its miners with the adopted
-state's `contributions` (summing to 1), weighted by that round's held-out gain on the merge
+state's `contributions` (summing to 1: each merged miner's leave-one-out marginal gain, merge.py),
+weighted by that round's held-out gain on the merge
 sample (loss of the round's base − loss of the adopted state); summed over the job and
 normalised, the shares sum to 1. A round that kept its base credits no one.
 """
@@ -36,14 +37,21 @@ class VerdictEntry(BaseModel):
     score: float | None = None  # Proof-of-Loss on the scoring sample (nats)
     loss: float | None = None  # loss with the delta applied
     base_loss: float | None = None
+    p_value: float | None = None  # the paired significance test of the gain
+    general_loss: float | None = None  # general loss with the delta applied (the job's guard)
+    evidence: float | None = None  # own-shard evidence statistic (evidence.py), nats per token
+    evidence_p: float | None = None
     digest: str | None = None  # the delta's store address, when revealed
     commit_block: int | None = None
 
     @classmethod
-    def of(cls, verdict: Verdict, digest: str | None = None, commit_block: int | None = None) -> "VerdictEntry":
+    def of(cls, verdict: Verdict, digest: str | None = None, commit_block: int | None = None, evidence=None) -> "VerdictEntry":
+        """`evidence`: the submission's evidence.Evidence, if it was computed."""
         return cls(
             hotkey=verdict.hotkey, accepted=verdict.accepted, reject=None if verdict.reject is None else str(verdict.reject),
             detail=verdict.detail, score=verdict.score, loss=verdict.loss, base_loss=verdict.base_loss,
+            p_value=verdict.p_value, general_loss=verdict.general_loss,
+            evidence=evidence.statistic if evidence is not None else None, evidence_p=evidence.p_value if evidence is not None else None,
             digest=digest, commit_block=commit_block,
         )
 
@@ -76,7 +84,12 @@ class RoundReport(BaseModel):
     merge_base_loss: float | None = None  # the base state's loss on the merge sample
     merged_loss: float | None = None
     single_loss: float | None = None
-    timings: dict[str, float] = Field(default_factory=dict)  # seconds per step: fetch, check, score, merge, publish
+    scale: float = 1.0  # the adopted step's scale after the general guard's line search
+    marginal: dict[str, float] = Field(default_factory=dict)  # leave-one-out gain of each merged miner (nats)
+    general_base_loss: float | None = None  # the base model's general loss (the drift budget's reference; None: no guard)
+    current_general_loss: float | None = None  # the round's base state's
+    adopted_general_loss: float | None = None  # the resulting state's
+    timings: dict[str, float] = Field(default_factory=dict)  # seconds per step: fetch, check, evidence, score, merge, publish
 
     @property
     def adopted_loss(self) -> float | None:
@@ -158,7 +171,8 @@ def round_entry(round: int, base_sha256: str, published: dict[str, str], backers
     if dissent:
         log.warning("round %d: validators %s published another state than the stake-backed %s…", round, dissent, report.state_sha256[:12])
     losses = {"score_base": report.score_base_loss, "merge_base": report.merge_base_loss, "merged": report.merged_loss,
-              "single": report.single_loss, "adopted": report.adopted_loss}
+              "single": report.single_loss, "adopted": report.adopted_loss, "general_base": report.general_base_loss,
+              "general_current": report.current_general_loss, "general_adopted": report.adopted_general_loss}
     return RoundEntry(
         round=round, outcome="kept" if report.state_sha256 == base_sha256 else "adopted", base_sha256=base_sha256,
         state_sha256=report.state_sha256, state_digest=report.state_digest, backers=backers, validators=published, dissent=dissent,

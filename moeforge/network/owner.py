@@ -78,7 +78,14 @@ class JobRequest(BaseModel):
     inner_steps: int = Field(16, ge=1)  # H
     train: TrainConfig = TrainConfig(lr=2e-3, batch_size=8, warmup_steps=2, weight_decay=0.0, checkpoint_every=0)
     norm_bound: float = Field(1.0, gt=0)  # × the current experts' global L2 norm
-    noise_floor: float = Field(1e-4, ge=0)
+    significance: float = Field(0.05, gt=0, lt=1)
+    evidence_rows: int = Field(64, ge=0)
+    evidence_significance: float = Field(0.2, gt=0, le=1)
+    general_rows: int = Field(32, ge=0)
+    general_budget: float = Field(0.02, ge=0)
+    backtrack: int = Field(4, ge=0)
+    outer_lr: float = Field(1.0, gt=0, le=4)
+    outer_momentum: float = Field(0.0, ge=0, lt=1)
     top_k: int = Field(4, ge=1)
     merge_margin: float = Field(0.0, ge=0)
     score_rows: int = Field(32, ge=1)
@@ -291,7 +298,9 @@ def _spec(req: JobRequest, **fields) -> JobSpec:
         return JobSpec(
             job_id=req.job_id, base_model=str(Path(req.base_model).resolve()), domain=req.domain,
             split=SplitSpec(validation=req.validation, heldout=req.heldout), rounds=req.rounds, block_seconds=req.block_seconds,
-            inner_steps=req.inner_steps, train=req.train, norm_bound=req.norm_bound, noise_floor=req.noise_floor,
+            inner_steps=req.inner_steps, train=req.train, norm_bound=req.norm_bound, significance=req.significance,
+            evidence_rows=req.evidence_rows, evidence_significance=req.evidence_significance, general_rows=req.general_rows,
+            general_budget=req.general_budget, backtrack=req.backtrack, outer_lr=req.outer_lr, outer_momentum=req.outer_momentum,
             top_k=req.top_k, merge_margin=req.merge_margin, score_rows=score_rows, merge_rows=merge_rows,
             eval_batch_rows=req.eval_batch_rows, **fields,
         )

@@ -1,9 +1,12 @@
 """Ratings: each round's scores → a smoothed rating per miner → normalised weights for the chain.
 
-DESIGN.md "The network", step 7. Per round, each miner's score is turned into a **share** of the
-round (its positive Proof-of-Loss score over the sum of all positive scores), so a round where
-every update helps less (late in a job) counts as much as an early one. Rejected, copied and
-below-floor submissions get 0; miners who submitted nothing get 0 too, so their rating decays.
+DESIGN.md "The network", step 7. A miner earns in a round only for what the round adopted: its
+**share** of the round is its contribution to the adopted state (merge.py: its leave-one-out
+marginal gain on the merge sample over the cohort's, or 1 for the single update adopted), never
+its score alone nor the size of its delta, so a round where every update helps less (late in a
+job) counts as much as an early one. Rejected, copied, unproven and insignificant submissions get
+0, as does everyone in a round that adopted nothing; miners who submitted nothing get 0 too, so
+their rating decays.
 The rating is an exponential moving average of those shares:
 
     rating ← (1 − alpha) · rating + alpha · share,     alpha = 0.2 by default
@@ -37,13 +40,9 @@ class RatingState(BaseModel):
     ratings: dict[str, float] = Field(default_factory=dict)  # hotkey → moving average of its round shares
 
 
-def round_scores(verdicts: Mapping[str, Verdict], copies: Mapping[str, str] | None = None) -> dict[str, float]:
-    """A round's score per hotkey: an accepted verdict's score, 0 for anything rejected or flagged as a copy."""
-    copies = copies or {}
-    return {
-        hotkey: max(0.0, v.score) if v.accepted and v.score is not None and hotkey not in copies else 0.0
-        for hotkey, v in verdicts.items()
-    }
+def round_scores(verdicts: Mapping[str, Verdict], contributions: Mapping[str, float]) -> dict[str, float]:
+    """A round's score per judged hotkey: its contribution to the adopted state, 0 for everyone else."""
+    return {hotkey: max(0.0, contributions.get(hotkey, 0.0)) if v.accepted else 0.0 for hotkey, v in verdicts.items()}
 
 
 def round_shares(scores: Mapping[str, float]) -> dict[str, float]:

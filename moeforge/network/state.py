@@ -11,6 +11,11 @@ The base of round r is read from the chain as of `round_end(r − 1)`: group the
 validators with a permit committed for round r − 1 by state, sum their stake, take the largest
 (ties to the lower digest, so every role picks the same one). No result for r − 1: the base of
 r − 1 carries over; no result at all: the owner's initial state.
+
+With an outer optimizer that keeps momentum (outer.py), a state carries its momentum buffer as
+further tensors named `outer_momentum.<expert key>` (in a delta's dtype), so the content digest
+covers both and a validator resuming from a state resumes its optimizer too. A state without them
+(the owner's initial state, or a job with momentum 0) has zero momentum.
 """
 
 import json
@@ -23,7 +28,7 @@ from pydantic import ValidationError
 from moeforge.chain.protocol import Chain
 from moeforge.errors import ArtifactNotFound, PayloadError, StoreError
 from moeforge.model.slices import ExpertSlice
-from moeforge.network.checks import delta_slice
+from moeforge.network.checks import delta_slice, expected_layout
 from moeforge.network.commitment import ResultPayload, decode_result
 from moeforge.network.history import RoundReport
 from moeforge.network.job import JobSpec
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 HEADER_SLACK_BYTES = 1 << 20  # a payload's header (names, shapes, signed envelope) is far below this
 MAX_REPORT_BYTES = 16 << 20
+MOMENTUM_PREFIX = "outer_momentum."
 
 
 @dataclass(frozen=True)
@@ -67,27 +73,42 @@ class RoundResults:
         return best, backers
 
 
-def state_limits(reference: ExpertSlice) -> Limits:
-    """Transport limits for a state or delta over `reference`'s slots: its exact float64 size plus header slack."""
+def state_limits(reference: ExpertSlice, *, momentum: bool = False) -> Limits:
+    """Transport limits for a state or delta over `reference`'s slots: its exact float64 size (twice, for a state
+    with its momentum) plus header slack."""
     payload = sum(t.numel() * 8 for t in reference.state_dict().values())
-    return Limits(max_total_bytes=payload + HEADER_SLACK_BYTES)
+    return Limits(max_total_bytes=payload * (2 if momentum else 1) + HEADER_SLACK_BYTES)
 
 
-def pack_state(piece: ExpertSlice, *, keypair, job_id: str, round: int) -> tuple[bytes, str]:
-    """(packed bytes, content sha256) of an expert state, signed by `keypair`."""
-    data = pack(piece.state_dict(), keypair=keypair, job=job_id, round=round, kind="state")
+def pack_state(piece: ExpertSlice, *, keypair, job_id: str, round: int, momentum: ExpertSlice | None = None) -> tuple[bytes, str]:
+    """(packed bytes, content sha256) of an expert state (and its outer momentum, if any), signed by `keypair`."""
+    tensors = piece.state_dict()
+    if momentum is not None:
+        tensors.update({MOMENTUM_PREFIX + k: t for k, t in momentum.state_dict().items()})
+    data = pack(tensors, keypair=keypair, job=job_id, round=round, kind="state")
     envelope, _ = unpack(data, limits=Limits(max_total_bytes=len(data)))
     return data, envelope.payload_sha256
 
 
 def unpack_state(data: bytes, *, job: JobSpec, reference: ExpertSlice, expect_sha256: str) -> ExpertSlice:
-    """A state fetched from the store, checked against the job: PayloadError unless it is exactly
-    `expect_sha256`, kind "state", for this job, over `reference`'s keys, shapes and dtypes, all finite."""
-    envelope, tensors = unpack(data, limits=state_limits(reference), expect_job=job.job_id, expect_kind="state")
+    """The expert state of `unpack_outer_state`, without its momentum."""
+    return unpack_outer_state(data, job=job, reference=reference, expect_sha256=expect_sha256)[0]
+
+
+def unpack_outer_state(data: bytes, *, job: JobSpec, reference: ExpertSlice,
+                       expect_sha256: str) -> tuple[ExpertSlice, ExpertSlice | None]:
+    """(state, outer momentum or None) fetched from the store, checked against the job: PayloadError unless it is
+    exactly `expect_sha256`, kind "state", for this job, over `reference`'s keys, shapes and dtypes (and, with
+    momentum, the same keys under MOMENTUM_PREFIX in a delta's dtypes), all finite."""
+    envelope, tensors = unpack(data, limits=state_limits(reference, momentum=True), expect_job=job.job_id, expect_kind="state")
     where = f"state {expect_sha256[:12]}… (signed by {envelope.hotkey}, round {envelope.round})"
     if envelope.payload_sha256 != expect_sha256:
         raise PayloadError(f"{where}: its content digest is {envelope.payload_sha256[:12]}…, not the one the chain names.")
     expected = {k: (tuple(t.shape), t.dtype) for k, t in reference.state_dict().items()}
+    if any(k.startswith(MOMENTUM_PREFIX) for k in tensors):
+        if job.outer_momentum == 0:
+            raise PayloadError(f"{where}: carries outer momentum, but job {job.job_id}'s outer optimizer keeps none.")
+        expected.update({MOMENTUM_PREFIX + k: layout for k, layout in expected_layout(reference).items()})
     got = {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}
     if got != expected:
         missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
@@ -97,8 +118,11 @@ def unpack_state(data: bytes, *, job: JobSpec, reference: ExpertSlice, expect_sh
     bad = sorted(k for k, t in tensors.items() if not bool(torch.isfinite(t).all()))
     if bad:
         raise PayloadError(f"{where}: non-finite values in {bad[:3]}.")
-    weights = delta_slice(tensors, reference).weights
-    return ExpertSlice(kind="experts", model_type=reference.model_type, base_fingerprint=reference.base_fingerprint, weights=weights)
+    experts = {k: t for k, t in tensors.items() if not k.startswith(MOMENTUM_PREFIX)}
+    moments = {k.removeprefix(MOMENTUM_PREFIX): t for k, t in tensors.items() if k.startswith(MOMENTUM_PREFIX)}
+    weights = delta_slice(experts, reference).weights
+    state = ExpertSlice(kind="experts", model_type=reference.model_type, base_fingerprint=reference.base_fingerprint, weights=weights)
+    return state, (delta_slice(moments, reference) if moments else None)
 
 
 def round_results(chain: Chain, job: JobSpec, r: int) -> RoundResults:
@@ -151,9 +175,14 @@ def backed_report(store: Store, results: RoundResults) -> tuple[str, dict[str, f
 
 def fetch_state(store: Store, ref: StateRef, *, job: JobSpec, reference: ExpertSlice) -> ExpertSlice:
     """The state `ref` names, fetched and checked (unpack_state)."""
-    if store.size(ref.digest) > state_limits(reference).max_total_bytes:
+    return fetch_outer_state(store, ref, job=job, reference=reference)[0]
+
+
+def fetch_outer_state(store: Store, ref: StateRef, *, job: JobSpec, reference: ExpertSlice) -> tuple[ExpertSlice, ExpertSlice | None]:
+    """(state, outer momentum or None) that `ref` names, fetched and checked (unpack_outer_state)."""
+    if store.size(ref.digest) > state_limits(reference, momentum=True).max_total_bytes:
         raise PayloadError(f"state {ref.digest[:12]}… is {store.size(ref.digest):,} bytes, too large for the job's experts.")
-    return unpack_state(store.get(ref.digest), job=job, reference=reference, expect_sha256=ref.sha256)
+    return unpack_outer_state(store.get(ref.digest), job=job, reference=reference, expect_sha256=ref.sha256)
 
 
 def read_report(store: Store, digest: str) -> RoundReport:

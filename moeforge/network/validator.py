@@ -19,6 +19,7 @@ publish a second one: it takes the report it published and goes on to weights an
 """
 
 import logging
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -28,15 +29,19 @@ from moeforge.atomic import write_text
 from moeforge.chain.protocol import require_permit, wait_for_block
 from moeforge.data.records import Record
 from moeforge.errors import ConfigError
+from moeforge.eval.general import general_reference_rows
 from moeforge.model.slices import ExpertSlice, apply_slice, extract_slice
 from moeforge.network.commitment import ResultPayload, decode_result, encode_result
 from moeforge.network.history import RoundReport
 from moeforge.network.job import JobSpec
-from moeforge.network.jobdata import heldout_rows, load_base
+from moeforge.network.jobdata import decode_train_rows, heldout_rows, load_base
+from moeforge.network.merge import GeneralGuard
 from moeforge.network.persist import read_model, write_model
 from moeforge.network.role import RoleContext
 from moeforge.network.rating import RatingState, chain_weights, forget, round_scores, update_ratings
-from moeforge.network.state import StateRef, base_state, fetch_state, pack_state, read_report
+from moeforge.network.scoring import batch_losses
+from moeforge.network.shards import rows_to_batches
+from moeforge.network.state import StateRef, base_state, fetch_outer_state, pack_state, read_report
 from moeforge.network.validator_round import RoundJudgement, judge_round
 
 log = logging.getLogger(__name__)
@@ -73,7 +78,11 @@ class Validator:
         self.model, tokenizer = load_base(job.base_model, job.base_fingerprint, ctx.device)
         self.heldout = heldout_rows(job, records, salt, tokenizer)
         self.current: ExpertSlice = extract_slice(self.model, job.slots, job.base_fingerprint)
+        self.momentum: ExpertSlice | None = None  # the outer optimizer's, as the held state carries it
         self.current_ref: StateRef | None = None  # None until a state fetched from the store is held
+        self.guard = self._general_guard(tokenizer)  # while the model still holds the base model's experts
+        self.train = decode_train_rows(self.store.get(job.train_data), seq_len=job.seq_len, rows=job.train_rows) \
+            if job.evidence_rows else None
         if self.state.last_round is not None:
             self.observer.event("resumed", f"resuming job {job.job_id} after round {self.state.last_round}",
                                 last_round=self.state.last_round)
@@ -88,8 +97,8 @@ class Validator:
         with self.observer.phase("base_state", timings):
             ref = self._hold(r)
         judgement = judge_round(
-            self.model, self.current, chain=self.chain, store=self.store, job=self.job, round=r, heldout=self.heldout,
-            earlier_digests=self.state.accepted_digests, self_hotkey=self.hotkey, observer=self.observer, timings=timings,
+            self.model, self.current, momentum=self.momentum, chain=self.chain, store=self.store, job=self.job, round=r,
+            heldout=self.heldout, train=self.train, guard=self.guard, earlier_digests=self.state.accepted_digests, self_hotkey=self.hotkey, observer=self.observer, timings=timings,
         )
         with self.observer.phase("publish", timings):
             report, report_digest = self._publish(r, ref, judgement, timings)
@@ -104,17 +113,31 @@ class Validator:
         self.observer.event("missed", f"round {r}: not judged: {reason}", round=r, reason=reason)
         self._save(self.state.model_copy(update={"last_round": r, "missed": {**self.state.missed, r: reason}}))
 
+    def _general_guard(self, tokenizer) -> GeneralGuard | None:
+        """The job's drift budget on its general reference set, measured against the base model (the model as loaded)."""
+        job = self.job
+        if not job.general_rows:
+            return None
+        input_ids, labels = general_reference_rows(tokenizer, seq_len=job.seq_len, rows=job.general_rows)
+        batches = rows_to_batches(input_ids, labels, range(input_ids.shape[0]), job.eval_batch_rows)
+        base = batch_losses(self.model, batches, batch_size=job.eval_batch_rows).mean
+        limit = base + math.log1p(job.general_budget)
+        log.info("general guard: %d WikiText-2 validation rows, base loss %.4f (ppl %.2f), limit %.4f (ppl %.2f, +%g%%)",
+                 input_ids.shape[0], base, math.exp(base), limit, math.exp(limit), 100 * job.general_budget)
+        return GeneralGuard(batches, limit, job.backtrack, base)
+
     def _hold(self, r: int) -> StateRef:
-        """Make the model hold round r's base state, fetching it only when it changed."""
+        """Make the model hold round r's base state (and this validator its outer momentum), fetching it only when it changed."""
         ref = base_state(self.chain, self.store, self.job, r)
         if self.current_ref is None or ref.sha256 != self.current_ref.sha256:
-            piece = fetch_state(self.store, ref, job=self.job, reference=self.current)
+            piece, momentum = fetch_outer_state(self.store, ref, job=self.job, reference=self.current)
             apply_slice(self.model, piece)  # writes the slices in place; the model is never reloaded
-            self.current, self.current_ref = piece, ref
+            self.current, self.momentum, self.current_ref = piece, momentum, ref
         return ref
 
     def _publish(self, r: int, ref: StateRef, judgement: RoundJudgement, timings: dict[str, float]) -> tuple[RoundReport, str]:
-        data, sha256 = pack_state(judgement.state, keypair=self.keypair, job_id=self.job.job_id, round=r)
+        data, sha256 = pack_state(judgement.state, keypair=self.keypair, job_id=self.job.job_id, round=r,
+                                  momentum=judgement.momentum)
         earlier = self.published(r)
         if earlier is not None and earlier.state_sha256 == sha256:  # published before a restart: do not publish twice
             self.observer.event("republished", f"round {r}: the result {sha256[:12]}… was already on chain before the "
@@ -135,6 +158,10 @@ class Validator:
             errors=judgement.errors, score_rows=self.job.score_rows, merge_rows=self.job.merge_rows,
             score_base_loss=judgement.score_base_loss, merge_base_loss=decision.current_loss if decision else None,
             merged_loss=decision.merged_loss if decision else None, single_loss=decision.single_loss if decision else None,
+            scale=decision.scale if decision else 1.0, marginal=decision.marginal if decision else {},
+            general_base_loss=self.guard.base_loss if self.guard else None,
+            current_general_loss=decision.current_general_loss if decision else None,
+            adopted_general_loss=decision.general_loss if decision else None,
             timings=timings,
         )
         report_digest = self.store.put(report.model_dump_json().encode("utf-8"))
@@ -153,7 +180,7 @@ class Validator:
 
     def _rate(self, r: int, judgement: RoundJudgement) -> None:
         graph = self.chain.metagraph()
-        scores = round_scores(judgement.verdicts, judgement.copies)
+        scores = round_scores(judgement.verdicts, judgement.decision.contributions if judgement.decision else {})
         ratings = forget(update_ratings(self.state.ratings, r, scores), set(graph.hotkeys))
         self.state = self.state.model_copy(update={"ratings": ratings})
         weights = chain_weights(ratings, {n.hotkey: n.uid for n in graph.neurons})
@@ -177,8 +204,8 @@ class Validator:
         obs.metric("moeforge_round").set(r)
         for verdict in judgement.verdicts.values():
             obs.metric("moeforge_validator_verdicts_total").labels(verdict=str(verdict.reject or "accepted")).inc()
-        for hotkey, score in round_scores(judgement.verdicts, judgement.copies).items():
-            obs.metric("moeforge_validator_score").labels(miner=hotkey).set(score)
+        for hotkey, verdict in judgement.verdicts.items():
+            obs.metric("moeforge_validator_score").labels(miner=hotkey).set(verdict.score if verdict.accepted and verdict.score else 0.0)
         obs.metric("moeforge_validator_merges_total").labels(choice=report.choice).inc()
         for validator, detail in judgement.disagreements.items():
             obs.metric("moeforge_validator_disagreements_total").labels(validator=validator).inc()

@@ -9,10 +9,17 @@ DESIGN.md "The network", steps 5–6, in the order they run:
 3. `fetch_submission`: size-limited download, strict signed unpack (`transport.unpack`), then
    `check_delta` (exactly the assigned slices, shapes, dtypes, finite, norm bound, non-zero).
 4. `find_replays` against the deltas this validator accepted in earlier rounds and the update the
-   last round adopted (by tensor content, so a re-signed replay with a new digest is caught), then
-   `find_copies` (the earlier commitment wins), then `score_deltas` on the scoring sample: the
-   model holds the current state and each delta is swapped in and out in place.
-5. `merge` the top-k, then `choose_state` on the merge sample.
+   last round adopted (by tensor content, so a re-signed replay with a new digest is caught).
+5. With the model holding the free state (the current state plus the outer optimizer's momentum
+   step, outer.py): `score_deltas` on the scoring sample (a significant paired gain, less any
+   general-loss rise; each delta is swapped in and out in place), then, for the significant ones,
+   `shard_evidence` on each delta's own shard rows against control rows, its peers being the other
+   significant deltas (evidence.py; NO_EVIDENCE when not significant), and `find_copies` over all
+   of them (in a copy group the earliest commitment is the original, the strongest evidence among
+   those of its block; the others are COPY, whatever they scored).
+6. `merge` the top-k, turn the candidates into outer-optimizer steps, `choose_state` on the merge
+   sample under the general guard (a backtracking line search over the step's scale), and credit
+   an adopted merge by leave-one-out (merge.py).
 
 Before all that, `audit_previous` compares the states other validators published for the
 previous round with this validator's own: a different state from the same base and seed is a
@@ -25,15 +32,16 @@ in `errors`, never silently dropped and never blamed on the miner as a rejection
 """
 
 import logging
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from moeforge.chain.protocol import Chain
 from moeforge.data.packing import Packed
 from moeforge.errors import ArtifactNotFound, PayloadError, StoreError
-from moeforge.model.slices import ExpertSlice
+from moeforge.model.slices import ExpertSlice, apply_slice, linear_combination
 from moeforge.network.checks import (
     Earlier,
     Reject,
@@ -42,6 +50,7 @@ from moeforge.network.checks import (
     Verdict,
     check_delta,
     check_reveal,
+    copy_groups,
     delta_slice,
     expected_layout,
     find_copies,
@@ -51,9 +60,11 @@ from moeforge.network.checks import (
 from moeforge.network.commitment import CommitPayload, RevealPayload, decode_commitment, decode_reveal
 from moeforge.network.history import VerdictEntry
 from moeforge.network.job import JobSpec
-from moeforge.network.merge import MergeDecision, choose_state, merge
+from moeforge.network.evidence import Evidence, shard_evidence
+from moeforge.network.merge import GeneralGuard, MergeDecision, choose_state, leave_one_out, merge
 from moeforge.network.observe import Observer
-from moeforge.network.scoring import Batch, score_deltas
+from moeforge.network.outer import OuterOptimizer
+from moeforge.network.scoring import Batch, score_deltas, state_with
 from moeforge.network.shards import eval_samples, rows_to_batches
 from moeforge.network.safetensors_header import Limits
 from moeforge.network.state import base_state, fetch_state, read_report, round_results, state_limits
@@ -68,9 +79,10 @@ class RoundJudgement:
     """Everything a validator decided in one round, before it publishes anything."""
 
     state: ExpertSlice  # the resulting expert state (the current one when nothing is adopted)
-    decision: MergeDecision | None  # None when nothing was scored above the noise floor
+    momentum: ExpertSlice | None  # the outer optimizer's momentum after the round (None: it keeps none)
+    decision: MergeDecision | None  # None when no submission scored significantly
     verdicts: dict[str, Verdict]  # hotkey → verdict, for every submission judged
-    entries: list[VerdictEntry]  # the same, with digests and commit blocks, in commit order
+    entries: list[VerdictEntry]  # the same, with digests, commit blocks and evidence, in commit order
     copies: dict[str, str]  # copier → original
     replays: dict[str, str]  # replayer → what it repeats
     disagreements: dict[str, str]  # validator hotkey → how its previous-round state differs from this validator's
@@ -78,24 +90,32 @@ class RoundJudgement:
     digests: dict[str, str]  # hotkey → revealed digest, for submissions that were fetched
     errors: dict[str, str] = field(default_factory=dict)  # hotkey → unexpected error while judging it
     score_base_loss: float | None = None
+    evidence: dict[str, Evidence | None] = field(default_factory=dict)
 
 
 def judge_round(
     model,
     current: ExpertSlice,
     *,
+    momentum: ExpertSlice | None = None,
     chain: Chain,
     store: Store,
     job: JobSpec,
     round: int,
     heldout: Packed,
+    train: Packed | None = None,
+    guard: GeneralGuard | None = None,
     earlier_digests: Mapping[str, str],
     self_hotkey: str,
     observer: Observer,
     timings: dict[str, float],
 ) -> RoundJudgement:
-    """Judge round `round`; `model` must hold `current` and holds it again, bit for bit, on return."""
-    score_batches, merge_batches = eval_batches(chain, job, round, heldout)
+    """Judge round `round`; `model` must hold `current` and holds it again, bit for bit, on return.
+
+    `train`: the job's train rows, for the shard evidence (none asked without them); `guard`: the general
+    drift budget (none enforced without it); `momentum`: the outer optimizer's, as the base state carries it."""
+    score_batches, merge_batches, control = eval_batches(chain, job, round, heldout)
+    outer = OuterOptimizer.of(job)
     with observer.phase("read_chain", timings):
         found = read_submissions(chain, job, round, exclude={self_hotkey})
         disagreements = audit_previous(chain, store, job, round, self_hotkey)
@@ -108,26 +128,53 @@ def judge_round(
         earlier = earlier_deltas(chain, store, job, round, current, earlier_digests)
         replays = find_replays(submissions, earlier)
         verdicts.update({h: Verdict(h, Reject.REPLAY, detail) for h, detail in replays.items()})
-        copies = find_copies([s for s in submissions if s.hotkey not in replays])
-        verdicts.update({c: Verdict(c, Reject.COPY, f"a copy of {o}'s submission (the earlier commitment wins)") for c, o in copies.items()})
-    deltas = {s.hotkey: delta_slice(s.tensors, current) for s in submissions if s.hotkey not in copies and s.hotkey not in replays}
-    with observer.phase("score", timings):
-        scored = score_deltas(model, current, deltas, score_batches, noise_floor=job.noise_floor, batch_size=job.eval_batch_rows,
-                              on_scored=lambda done, of: observer.reached("mid_score") if 2 * done >= of else None,
-                              ) if deltas else {}
+        rest = [s for s in submissions if s.hotkey not in replays]
+        deltas = {s.hotkey: delta_slice(s.tensors, current) for s in rest}
+        previous = next((delta_slice(e.tensors, current) for e in earlier if e.hotkey is None), None)
+    free = outer.free_step(current, momentum)
+    reference = current if free is None else state_with(model, current, free)
+    apply_slice(model, reference)
+    try:
+        with observer.phase("score", timings):
+            scored = score_deltas(model, reference, deltas, score_batches, significance=job.significance,
+                                  general=guard.batches if guard else (), scale=outer.score_scale, batch_size=job.eval_batch_rows,
+                                  on_scored=lambda done, of: observer.reached("mid_score") if 2 * done >= of else None,
+                                  ) if deltas else {}
+        significant = [s for s in rest if scored[s.hotkey].accepted]
+        with observer.phase("evidence", timings):
+            evidence = shard_evidence(model, reference, {s.hotkey: deltas[s.hotkey] for s in significant}, copy_groups(significant),
+                                      train, control, job=job, round=round, fallback_peer=previous,
+                                      batch_size=job.eval_batch_rows) if train is not None and job.evidence_rows and significant else {}
+    finally:
+        apply_slice(model, current)
+    copies = find_copies(rest, evidence={h: e.statistic if e else -math.inf for h, e in evidence.items()} if evidence else None)
+    scored.update({c: Verdict(c, Reject.COPY, _copy_detail(c, o, rest, evidence)) for c, o in copies.items()})
+    scored.update({h: Verdict(h, Reject.NO_EVIDENCE, f"{e.describe()}: not significant at {job.evidence_significance}")
+                   for h, e in evidence.items() if h not in copies and e is not None and not e.significant(job.evidence_significance)})
     verdicts.update(scored)
     with observer.phase("merge", timings):
-        state, decision, accepted = merge_round(model, current, deltas, scored, merge_batches, job,
-                                                midway=lambda: observer.reached("mid_merge"))
+        state, next_momentum, decision, accepted = merge_round(model, current, momentum, deltas, scored, merge_batches, job,
+                                                               guard=guard, midway=lambda: observer.reached("mid_merge"))
     blocks = {rev.hotkey: rev.commit_block for rev in revealed}
     digests = {rev.hotkey: rev.digest for rev in revealed}
-    entries = [VerdictEntry.of(verdicts[h], digests.get(h), blocks.get(h)) for h in sorted(verdicts, key=lambda h: (blocks.get(h, 1 << 62), h))]
+    entries = [VerdictEntry.of(verdicts[h], digests.get(h), blocks.get(h), evidence.get(h))
+               for h in sorted(verdicts, key=lambda h: (blocks.get(h, 1 << 62), h))]
     base_losses = [v.base_loss for v in scored.values() if v.base_loss is not None]
     return RoundJudgement(
-        state=state, decision=decision, verdicts=verdicts, entries=entries, copies=copies, replays=replays,
-        disagreements=disagreements, accepted=accepted,
-        digests=digests, errors=errors, score_base_loss=base_losses[0] if base_losses else None,
+        state=state, momentum=next_momentum, decision=decision, verdicts=verdicts, entries=entries, copies=copies,
+        replays=replays, disagreements=disagreements, accepted=accepted, digests=digests, errors=errors,
+        score_base_loss=base_losses[0] if base_losses else None, evidence=evidence,
     )
+
+
+def _copy_detail(copier: str, original: str, submissions: list[Submission], evidence: Mapping[str, Evidence | None]) -> str:
+    block = {s.hotkey: s.commit_block for s in submissions}
+    if block[original] < block[copier]:
+        return f"a copy of {original}'s submission, committed in an earlier block ({block[original]} < {block[copier]})"
+    if evidence.get(original) and evidence.get(copier):
+        return (f"a copy of {original}'s submission committed in the same block; the original shows the stronger own-shard "
+                f"evidence ({evidence[original].statistic:+.5f} vs {evidence[copier].statistic:+.5f} nats/token)")
+    return f"a copy of {original}'s submission committed in the same block (the lower commitment hash wins without evidence)"
 
 
 def fetch_all(store: Store, revealed: list[Revealed], *, job: JobSpec, round: int, current: ExpertSlice,
@@ -150,16 +197,33 @@ def fetch_all(store: Store, revealed: list[Revealed], *, job: JobSpec, round: in
     return submissions, refused, errors
 
 
-def merge_round(model, current: ExpertSlice, deltas: Mapping[str, ExpertSlice], scored: Mapping[str, Verdict],
-                merge_batches: list[Batch], job: JobSpec, *, midway=None) -> tuple[ExpertSlice, MergeDecision | None, list[str]]:
-    """(next state, the merge decision, the merge cohort best first); the current state when nothing scored."""
+def merge_round(model, current: ExpertSlice, momentum: ExpertSlice | None, deltas: Mapping[str, ExpertSlice],
+                scored: Mapping[str, Verdict], merge_batches: list[Batch], job: JobSpec, *, guard: GeneralGuard | None = None,
+                midway=None) -> tuple[ExpertSlice, ExpertSlice | None, MergeDecision | None, list[str]]:
+    """(next state, next outer momentum, the merge decision, the merge cohort best first).
+
+    The merged and the best single update become outer-optimizer steps, `choose_state` adopts one
+    (shrunk to fit the guard) or neither, and an adopted merge credits its members by leave-one-out.
+    Nothing scored: the current state and momentum."""
     ranked = [(h, scored[h].score, delta) for h, delta in deltas.items() if scored[h].accepted]  # commit order breaks ties
     if not ranked:
-        return current, None, []
+        return current, momentum, None, []
     candidate = merge(current, ranked, top_k=job.top_k)
-    state, decision = choose_state(model, current, candidate, merge_batches, margin=job.merge_margin, batch_size=job.eval_batch_rows,
-                                   midway=midway)
-    return state, decision, sorted(candidate.coefficients, key=lambda h: -scored[h].score)
+    outer = OuterOptimizer.of(job)
+    steps = {"merged": outer.step(current, momentum, candidate.merged), "single": outer.step(current, momentum, candidate.best_single)}
+    state, decision = choose_state(model, current, steps, merge_batches, best_hotkey=candidate.best_hotkey, guard=guard,
+                                   margin=job.merge_margin, batch_size=job.eval_batch_rows, midway=midway)
+    cohort = sorted(candidate.coefficients, key=lambda h: -scored[h].score)
+    if decision.choice == "none":
+        return state, momentum, decision, cohort
+    update = candidate.merged if decision.choice == "merged" else candidate.best_single
+    if decision.choice == "merged":
+        adopted = steps["merged"] if decision.scale == 1.0 else linear_combination(current, [(decision.scale, steps["merged"])])
+        terms = {h: (decision.scale * outer.score_scale * c, candidate.deltas[h]) for h, c in candidate.coefficients.items()}
+        marginal, shares = leave_one_out(model, current, adopted, terms, merge_batches, decision.merged_loss,
+                                         scores={h: scored[h].score for h in terms}, batch_size=job.eval_batch_rows)
+        decision = replace(decision, contributions=shares, marginal=marginal)
+    return state, outer.next_momentum(current, momentum, update, decision.scale), decision, cohort
 
 
 def earlier_deltas(chain: Chain, store: Store, job: JobSpec, round: int, current: ExpertSlice,
@@ -239,13 +303,18 @@ def audit_previous(chain: Chain, store: Store, job: JobSpec, round: int, self_ho
     return flagged
 
 
-def eval_batches(chain: Chain, job: JobSpec, round: int, heldout: Packed) -> tuple[list[Batch], list[Batch]]:
-    """(scoring batches, merge batches) drawn with the seed block's hash; disjoint held-out rows."""
+def eval_batches(chain: Chain, job: JobSpec, round: int, heldout: Packed) -> tuple[list[Batch], list[Batch], Batch | None]:
+    """(scoring batches, merge batches, control rows for the shard evidence) drawn with the seed block's hash:
+    disjoint held-out rows. The control rows are up to `evidence_rows` of those left (None when none are)."""
     seed = chain.block_hash(job.schedule.seed_block(round))
-    score_rows, merge_rows = eval_samples(heldout.input_ids.shape[0], seed, job.score_rows, job.merge_rows)
+    total = heldout.input_ids.shape[0]
+    spare = min(job.evidence_rows, total - job.score_rows - job.merge_rows)
+    score_rows, merge_rows, control_rows = eval_samples(total, seed, job.score_rows, job.merge_rows, spare)
+    index = torch.as_tensor(control_rows, dtype=torch.long)
     return (
         rows_to_batches(heldout.input_ids, heldout.labels, score_rows, job.eval_batch_rows),
         rows_to_batches(heldout.input_ids, heldout.labels, merge_rows, job.eval_batch_rows),
+        (heldout.input_ids[index], heldout.labels[index]) if control_rows else None,
     )
 
 

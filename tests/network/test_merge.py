@@ -3,13 +3,13 @@ import torch
 
 from moeforge.errors import ConfigError
 from moeforge.model.experts import ExpertWeights
-from moeforge.model.slices import ExpertSlice, apply_slice, extract_slice
+from moeforge.model.slices import ExpertSlice, apply_slice, extract_slice, linear_combination
 from moeforge.network.checks import global_norm
-from moeforge.network.merge import MergeCandidate, choose_state, merge
-from moeforge.network.scoring import holds, score_deltas
+from moeforge.network.merge import GeneralGuard, choose_state, leave_one_out, merge
+from moeforge.network.scoring import batch_losses, holds, score_deltas, state_with
 from tests.model.tiny import tiny_model
 from tests.network.test_scoring import (
-    SLOTS, _batches, _bit_identical, _noise_delta, _pattern_rows, _pretrained, _snapshot, _train,
+    SLOTS, _batches, _bit_identical, _noise_delta, _pattern_rows, _pretrained, _pretrained_rows, _snapshot, _train,
 )
 
 
@@ -35,7 +35,6 @@ def test_merge_clips_each_delta_to_the_median_norm_and_averages(current):
     assert cand.coefficients == pytest.approx({"5A": 1 / 3, "5B": 1 / 3, "5C": 0.2 / 3})  # 5C clipped from 10 to 2
     for h, c in cand.coefficients.items():  # each clipped delta's norm is at most the median
         assert len(cand.coefficients) * c * global_norm(d[h].state_dict()) <= 2.0 + 1e-9
-    assert cand.shares == pytest.approx({"5A": 0.2, "5B": 0.4, "5C": 0.4})
     merged = cand.merged.state_dict()
     for key, t in merged.items():
         want = (d["5A"].state_dict()[key] + d["5B"].state_dict()[key] + 0.2 * d["5C"].state_dict()[key]) / 3
@@ -52,7 +51,7 @@ def test_merge_takes_the_top_k_positive_scores_with_an_even_cohort_median(curren
 
 def test_merge_without_a_positive_score_proposes_nothing(current):
     cand = merge(current, [("5A", 0.0, _with_norm(current, 1.0, 0)), ("5B", -1.0, _with_norm(current, 1.0, 1))], top_k=4)
-    assert cand.merged is None and cand.best_single is None and cand.shares == {}
+    assert cand.merged is None and cand.best_single is None and cand.coefficients == {}
     with pytest.raises(ConfigError, match="top_k"):
         merge(current, [], top_k=0)
 
@@ -65,15 +64,18 @@ def trained():
     return model, current, honest
 
 
+def _steps(cand):
+    return {"merged": cand.merged, "single": cand.best_single}
+
+
 def test_a_merge_of_honest_updates_that_helps_on_the_second_sample_is_adopted(trained):
     model, current, honest = trained
-    verdicts = score_deltas(model, current, honest, _batches(_pattern_rows(seed=99)), noise_floor=1e-3)
+    verdicts = score_deltas(model, current, honest, _batches(_pattern_rows(seed=99)), significance=0.5)
     cand = merge(current, [(h, v.score, honest[h]) for h, v in verdicts.items()], top_k=2)
     before = _snapshot(model)
-    state, decision = choose_state(model, current, cand, _batches(_pattern_rows(seed=97)))
+    state, decision = choose_state(model, current, _steps(cand), _batches(_pattern_rows(seed=97)), best_hotkey=cand.best_hotkey)
     assert _bit_identical(model, before)
-    assert decision.choice == "merged" and decision.merged_loss < decision.current_loss
-    assert decision.contributions == cand.shares and sum(decision.contributions.values()) == pytest.approx(1.0)
+    assert decision.choice == "merged" and decision.merged_loss < decision.current_loss and decision.scale == 1.0
     apply_slice(model, cand.merged)  # the adopted state is exactly current + merged as the model would hold it
     assert holds(model, state)
     apply_slice(model, current)
@@ -81,8 +83,8 @@ def test_a_merge_of_honest_updates_that_helps_on_the_second_sample_is_adopted(tr
 
 def test_the_best_single_update_is_adopted_when_the_merge_does_not_help(trained):
     model, current, honest = trained
-    cand = MergeCandidate(_noise_delta(current, 2.0), honest["5Honest0"], "5Honest0", 1.0, {}, {})
-    state, decision = choose_state(model, current, cand, _batches(_pattern_rows(seed=97)))
+    steps = {"merged": _noise_delta(current, 2.0), "single": honest["5Honest0"]}
+    state, decision = choose_state(model, current, steps, _batches(_pattern_rows(seed=97)), best_hotkey="5Honest0")
     assert decision.choice == "single" and decision.contributions == {"5Honest0": 1.0}
     assert decision.merged_loss > decision.current_loss > decision.single_loss
     assert not holds(model, state) and holds(model, current)
@@ -90,9 +92,70 @@ def test_the_best_single_update_is_adopted_when_the_merge_does_not_help(trained)
 
 def test_nothing_is_adopted_when_no_candidate_beats_the_current_state(trained):
     model, current, _ = trained
-    cand = MergeCandidate(_noise_delta(current, 2.0), _noise_delta(current, 3.0, seed=1), "5Noise", 1.0, {}, {})
+    steps = {"merged": _noise_delta(current, 2.0), "single": _noise_delta(current, 3.0, seed=1)}
     before = _snapshot(model)
-    state, decision = choose_state(model, current, cand, _batches(_pattern_rows(seed=97)))
+    state, decision = choose_state(model, current, steps, _batches(_pattern_rows(seed=97)), best_hotkey="5Noise")
     assert decision.choice == "none" and state is current and decision.contributions == {}
     assert decision.merged_loss > decision.current_loss and decision.single_loss > decision.current_loss
     assert _bit_identical(model, before)
+
+
+def _general(model, current, step, batches):
+    """(general loss of current, of current + step) on `batches`."""
+    here = batch_losses(model, batches).mean
+    with_step = state_with(model, current, step)
+    apply_slice(model, with_step)
+    there = batch_losses(model, batches).mean
+    apply_slice(model, current)
+    return here, there
+
+
+def test_the_general_guard_shrinks_a_step_by_halves_until_it_fits_and_never_adopts_beyond_the_limit(trained):
+    model, current, honest = trained
+    domain, general = _batches(_pattern_rows(seed=97)), _batches(_pretrained_rows())
+    step = honest["5Honest0"]
+    here, full = _general(model, current, step, general)
+    assert full > here  # training on one pattern costs loss on another: the guard has something to hold
+    half = _general(model, current, linear_combination(current, [(0.5, step)]), general)[1]
+    assert half < full
+    limit = (half + full) / 2  # the full step is over it, half the step fits
+    state, decision = choose_state(model, current, {"merged": step, "single": None}, domain, best_hotkey="5Honest0",
+                                   guard=GeneralGuard(general, limit, backtrack=3))
+    assert decision.choice == "merged" and decision.scale == 0.5
+    assert decision.general_loss == pytest.approx(half) and decision.general_loss <= limit
+    assert [a.scale for a in decision.attempts] == [1.0, 0.5]
+    assert decision.current_general_loss == pytest.approx(here)
+    apply_slice(model, state)
+    assert batch_losses(model, general).mean <= limit
+    apply_slice(model, current)
+    # a limit no scale within the backtracking reaches: nothing is adopted, and the model is left as it was
+    before = _snapshot(model)
+    state, decision = choose_state(model, current, {"merged": step, "single": step}, domain, best_hotkey="5Honest0",
+                                   guard=GeneralGuard(general, here - 1.0, backtrack=2))
+    assert decision.choice == "none" and state is current and len(decision.attempts) == 6
+    assert all(a.general_loss > here - 1.0 for a in decision.attempts)
+    assert _bit_identical(model, before)
+
+
+def test_leave_one_out_credits_what_each_term_added_not_its_norm(trained):
+    model, current, honest = trained
+    useless = _noise_delta(current, 1e-6, seed=3)
+    useless = _with_norm(current, global_norm(honest["5Honest0"].state_dict()) * 1e-4, seed=3)  # negligible, whatever its direction
+    terms = {"5Honest0": (0.5, honest["5Honest0"]), "5Lazy": (0.5, useless)}
+    step = linear_combination(current, [(c, d) for c, d in terms.values()])
+    batches = _batches(_pattern_rows(seed=97))
+    apply_slice(model, state_with(model, current, step))
+    adopted_loss = batch_losses(model, batches).mean
+    apply_slice(model, current)
+    marginal, shares = leave_one_out(model, current, step, terms, batches, adopted_loss, scores={"5Honest0": 0.1, "5Lazy": 0.1})
+    assert marginal["5Honest0"] > 0 and abs(marginal["5Lazy"]) < 1e-3 * marginal["5Honest0"]
+    assert shares["5Honest0"] > 0.99 and sum(shares.values()) == pytest.approx(1.0)
+    # rescaling the lazy delta to the honest one's norm does not buy it the honest one's share
+    rescaled = _with_norm(current, global_norm(honest["5Honest0"].state_dict()), seed=3)
+    terms = {"5Honest0": (0.5, honest["5Honest0"]), "5Lazy": (0.5, rescaled)}
+    step = linear_combination(current, [(c, d) for c, d in terms.values()])
+    apply_slice(model, state_with(model, current, step))
+    adopted_loss = batch_losses(model, batches).mean
+    apply_slice(model, current)
+    _, shares = leave_one_out(model, current, step, terms, batches, adopted_loss, scores={"5Honest0": 0.1, "5Lazy": 0.1})
+    assert shares["5Honest0"] > shares["5Lazy"]

@@ -10,19 +10,20 @@ from moeforge.network.rating import (
 )
 
 
-def test_round_scores_zero_rejected_below_floor_and_copied_submissions():
+def test_round_scores_pay_the_adopted_states_contributions_and_nothing_for_a_score_alone():
     verdicts = {
         "5A": Verdict("5A", None, "ok", 0.3),
         "5B": Verdict("5B", None, "ok", 0.1),
-        "5Copy": Verdict("5Copy", None, "ok", 0.3),
+        "5Unmerged": Verdict("5Unmerged", None, "ok", 0.3),  # significant, but not in the adopted state
+        "5Copy": Verdict("5Copy", Reject.COPY, "a copy of 5A's submission"),
         "5NaN": Verdict("5NaN", Reject.NON_FINITE_LOSS, "eval batch 2 of 4: loss nan"),
         "5Flat": Verdict("5Flat", Reject.NO_IMPROVEMENT, "Δloss 0", 0.0),
     }
-    scores = round_scores(verdicts, copies={"5Copy": "5A"})
-    assert scores == {"5A": 0.3, "5B": 0.1, "5Copy": 0.0, "5NaN": 0.0, "5Flat": 0.0}
-    assert round_shares(scores) == pytest.approx({"5A": 0.75, "5B": 0.25, "5Copy": 0.0, "5NaN": 0.0, "5Flat": 0.0})
+    scores = round_scores(verdicts, {"5A": 0.75, "5B": 0.25, "5Copy": 0.5})  # a contribution to a rejected hotkey never counts
+    assert scores == {"5A": 0.75, "5B": 0.25, "5Unmerged": 0.0, "5Copy": 0.0, "5NaN": 0.0, "5Flat": 0.0}
+    assert round_shares(scores) == pytest.approx({"5A": 0.75, "5B": 0.25, "5Unmerged": 0.0, "5Copy": 0.0, "5NaN": 0.0, "5Flat": 0.0})
+    assert round_scores(verdicts, {}) == dict.fromkeys(verdicts, 0.0)  # a round that adopted nothing pays no one
     assert round_shares({"5A": 0.0, "5B": -1.0}) == {"5A": 0.0, "5B": 0.0}
-
 
 def test_ratings_are_an_ema_of_round_shares_and_absent_miners_decay():
     alpha = 0.25

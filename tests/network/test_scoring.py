@@ -8,7 +8,7 @@ from moeforge.errors import ModelError
 from moeforge.model.experts import ExpertSlot, ExpertWeights
 from moeforge.model.loss import mean_token_loss
 from moeforge.model.routing import RoutingRecorder
-from moeforge.model.slices import ExpertSlice, extract_slice
+from moeforge.model.slices import ExpertSlice, extract_slice, linear_combination
 from moeforge.network.checks import Reject
 from moeforge.network.scoring import applied, batch_losses, score_deltas, scoring_cost
 from moeforge.network.shards import rows_to_batches
@@ -98,18 +98,51 @@ def test_honest_delta_scores_above_zero_noise_does_not_and_the_model_is_left_bit
     before = _snapshot(model)
     batches = _batches(_pattern_rows(seed=99))  # held out: rows the miner never trained on
     deltas = {"5Honest": honest, "5Noise": _noise_delta(current, 2.0), "5Faint": _noise_delta(current, 0.1, seed=1)}
-    verdicts = score_deltas(model, current, deltas, batches, noise_floor=1e-3)
+    verdicts = score_deltas(model, current, deltas, batches, significance=0.05)
     assert _bit_identical(model, before)
     good, noise, faint = verdicts["5Honest"], verdicts["5Noise"], verdicts["5Faint"]
-    assert good.accepted and good.score > 1e-3 and good.score == good.base_loss - good.loss
+    assert good.accepted and good.score > 1e-3 and good.score == pytest.approx(good.base_loss - good.loss, rel=1e-9)
+    assert good.p_value < 0.05
     assert noise.reject == Reject.NO_IMPROVEMENT and noise.score == 0.0 and noise.loss > noise.base_loss  # it hurts
     assert faint.reject == Reject.NO_IMPROVEMENT and faint.score == 0.0 and abs(faint.base_loss - faint.loss) <= 1e-3
+
+
+def test_a_gain_counts_only_when_the_paired_test_finds_it_significant(setup):
+    model, current, honest = setup
+    batches = _batches(_pattern_rows(seed=99))
+    mixed = linear_combination(current, [(0.3, honest), (1.0, _noise_delta(current, 0.3, seed=4))])  # some gain, much noise
+    loose = score_deltas(model, current, {"5Mixed": mixed}, batches, significance=0.5)["5Mixed"]
+    assert loose.accepted and loose.base_loss > loose.loss and 0 < loose.p_value < 0.25
+    p = loose.p_value
+    above = score_deltas(model, current, {"5Mixed": mixed}, batches, significance=2 * p)["5Mixed"]
+    below = score_deltas(model, current, {"5Mixed": mixed}, batches, significance=p / 2)["5Mixed"]
+    assert above.accepted and above.score == loose.score
+    assert below.reject == Reject.NO_IMPROVEMENT and below.score == 0.0 and "not significant" in below.detail
+    assert below.p_value == p  # the same rows, the same test: only the level decided
+
+
+def test_a_delta_that_buys_domain_gain_with_general_loss_is_scored_down(setup):
+    model, current, honest = setup
+    domain, general = _batches(_pattern_rows(seed=99)), _batches(_pretrained_rows())
+    plain = score_deltas(model, current, {"5Honest": honest}, domain, significance=0.05)["5Honest"]
+    guarded = score_deltas(model, current, {"5Honest": honest}, domain, significance=0.05, general=general)["5Honest"]
+    assert guarded.general_loss is not None
+    rise = guarded.general_loss - batch_losses(model, general).mean
+    assert rise > 0  # trained on one progression, it forgets the others a little
+    assert guarded.score == pytest.approx(plain.score - rise, rel=1e-9, abs=1e-12)
+
+
+def _pretrained_rows(steps=(2, 3, 4, 5)) -> torch.Tensor:
+    """Progressions of other steps than the domain's 7, which the base was pre-trained on too: the toy's general text."""
+    g = torch.Generator().manual_seed(6)
+    step = torch.as_tensor(steps)[torch.randint(0, len(steps), (16, 1), generator=g)]
+    return (torch.randint(0, 96, (16, 1), generator=g) + step * torch.arange(24)).remainder(90) + 3
 
 
 def test_score_equals_a_reference_from_a_fresh_copy_with_the_delta_loaded(setup):
     model, current, honest = setup
     batches = _batches(_pattern_rows(seed=98, rows=10))  # a short last batch: weighting by tokens matters
-    v = score_deltas(model, current, {"5Honest": honest}, batches, noise_floor=0.0, batch_size=ROWS)["5Honest"]
+    v = score_deltas(model, current, {"5Honest": honest}, batches, significance=0.5, batch_size=ROWS)["5Honest"]
     assert v.base_loss == pytest.approx(_reference_loss(model, None, batches), rel=1e-9)
     assert v.loss == pytest.approx(_reference_loss(model, honest, batches), rel=1e-9)
 
@@ -149,10 +182,10 @@ def test_a_delta_that_makes_only_some_batches_non_finite_is_rejected_not_scored_
     assert not any(math.isfinite(x) for x in per_batch[len(clean_batches) :])
 
     # dropping the non-finite batches would have made the attack a winner ...
-    on_clean = score_deltas(model, current, {"5Attack": attack}, clean_batches, noise_floor=0.0)["5Attack"]
+    on_clean = score_deltas(model, current, {"5Attack": attack}, clean_batches, significance=0.5)["5Attack"]
     assert on_clean.accepted and on_clean.score > 0
     # ... but every batch counts
-    verdicts = score_deltas(model, current, {"5Attack": attack, "5Honest": honest}, all_batches, noise_floor=0.0)
+    verdicts = score_deltas(model, current, {"5Attack": attack, "5Honest": honest}, all_batches, significance=0.5)
     assert verdicts["5Attack"].reject == Reject.NON_FINITE_LOSS and verdicts["5Attack"].score is None
     assert f"eval batch {len(clean_batches)} of {len(all_batches)}" in verdicts["5Attack"].detail
     assert verdicts["5Honest"].accepted
@@ -165,7 +198,7 @@ def test_a_delta_over_other_slots_or_shapes_is_refused_and_changes_nothing(setup
     partial = ExpertSlice("delta", current.model_type, "fp", {s: honest.weights[s] for s in SLOTS[:3]})
     w = honest.weights[SLOTS[0]]
     misshapen = ExpertSlice("delta", current.model_type, "fp", {**honest.weights, SLOTS[0]: ExpertWeights(w.gate[:, :-1], w.up, w.down)})
-    verdicts = score_deltas(model, current, {"5Partial": partial, "5Shape": misshapen}, _batches(_pattern_rows(7, rows=4)), noise_floor=0.0)
+    verdicts = score_deltas(model, current, {"5Partial": partial, "5Shape": misshapen}, _batches(_pattern_rows(7, rows=4)), significance=0.5)
     assert verdicts["5Partial"].reject == Reject.WRONG_KEYS
     assert verdicts["5Shape"].reject == Reject.WRONG_SHAPE and "gate_proj.weight has shape" in verdicts["5Shape"].detail
     assert _bit_identical(model, before)
@@ -175,7 +208,7 @@ def test_scoring_refuses_a_model_that_does_not_hold_the_current_state(setup):
     model, current, honest = setup
     stale = extract_slice(tiny_model("deepseek_v2", seed=1), SLOTS, "fp")
     with pytest.raises(ModelError, match="does not hold the current expert state"):
-        score_deltas(model, stale, {"5Honest": honest}, _batches(_pattern_rows(7, rows=4)), noise_floor=0.0)
+        score_deltas(model, stale, {"5Honest": honest}, _batches(_pattern_rows(7, rows=4)), significance=0.5)
 
 
 def test_scoring_cost_reports_seconds_and_restores_the_model(setup):
