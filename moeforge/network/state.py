@@ -33,14 +33,13 @@ from moeforge.network.commitment import ResultPayload, decode_result
 from moeforge.network.history import RoundReport
 from moeforge.network.job import JobSpec
 from moeforge.network.safetensors_header import Limits
-from moeforge.network.transport import pack, unpack
+from moeforge.network.transport import MOMENTUM_PREFIX, pack, unpack
 from moeforge.store.protocol import Store
 
 log = logging.getLogger(__name__)
 
 HEADER_SLACK_BYTES = 1 << 20  # a payload's header (names, shapes, signed envelope) is far below this
 MAX_REPORT_BYTES = 16 << 20
-MOMENTUM_PREFIX = "outer_momentum."
 
 
 @dataclass(frozen=True)

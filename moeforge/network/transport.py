@@ -43,8 +43,9 @@ PayloadKind = Literal["delta", "state"]
 _SS58 = r"^[1-9A-HJ-NP-Za-km-z]{32,64}$"  # base58 alphabet; keys.verify decodes it for real
 _ROUND = re.compile(r"0|[1-9][0-9]{0,18}")  # canonical decimal, no sign, no leading zeros
 _SIGNATURE = re.compile(rf"(?:[0-9a-f]{{2}}){{1,{MAX_SIGNATURE_BYTES}}}")
+MOMENTUM_PREFIX = "outer_momentum."  # a state's outer-optimizer momentum: the same expert keys under this prefix
 _EXPERT_KEY = re.compile(
-    r"model\.layers\.(?P<layer>0|[1-9][0-9]*)\.(?:[A-Za-z_][A-Za-z0-9_]*\.)+experts\.(?P<expert>0|[1-9][0-9]*)"
+    r"(?P<momentum>outer_momentum\.)?model\.layers\.(?P<layer>0|[1-9][0-9]*)\.(?:[A-Za-z_][A-Za-z0-9_]*\.)+experts\.(?P<expert>0|[1-9][0-9]*)"
     r"\.[A-Za-z_][A-Za-z0-9_]*\.(?:weight|bias)",
     re.ASCII,
 )
@@ -89,7 +90,7 @@ def pack(
     """
     where = f"cannot pack for job {job!r} round {round}"
     flat = _prepared(tensors, where)
-    slots = _slots_of(flat, where)
+    slots = _slots_of(flat, where, kind)
     unsigned = save_safetensors(flat)
     digest = _payload_sha256(parse_header(unsigned, limits, where), unsigned)
     del unsigned
@@ -172,18 +173,18 @@ def _prepared(tensors: Mapping[str, torch.Tensor], where: str) -> dict[str, torc
     return {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
 
 
-def _slots_of(tensors: Mapping[str, torch.Tensor], where: str) -> tuple[ExpertSlot, ...]:
+def _slots_of(tensors: Mapping[str, torch.Tensor], where: str, kind: PayloadKind) -> tuple[ExpertSlot, ...]:
     slots, bad = set(), []
     for name in tensors:
         m = _EXPERT_KEY.fullmatch(name)
-        if m is None:
+        if m is None or (m["momentum"] and kind != "state"):
             bad.append(show_name(name))
         else:
             slots.add(ExpertSlot(int(m["layer"]), int(m["expert"])))
     if bad:
         raise PayloadError(
-            f"{where}: only routed-expert tensors travel (model.layers.L.<block>.experts.E.<part>.weight|bias); "
-            f"not: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}."
+            f"{where}: only routed-expert tensors travel (model.layers.L.<block>.experts.E.<part>.weight|bias, "
+            f"and in a state its outer momentum under {MOMENTUM_PREFIX!r}); not: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}."
         )
     return tuple(sorted(slots))
 
@@ -246,6 +247,9 @@ def _check_slots(envelope: Envelope, header: Header, where: str) -> None:
         m = _EXPERT_KEY.fullmatch(e.name)
         if m is None:
             problems.append(f"tensor {show_name(e.name)} is not a routed-expert key (model.layers.L.<block>.experts.E.<part>.weight|bias)")
+            continue
+        if m["momentum"] and envelope.kind != "state":
+            problems.append(f"tensor {show_name(e.name)} is outer momentum, which only a state carries, not a {envelope.kind}")
             continue
         slot = ExpertSlot(int(m["layer"]), int(m["expert"]))
         carried.add(slot)
