@@ -3,7 +3,12 @@
 Per trial (its own salt, so its own splits, shards and eval seeds): a two-round job on the small
 testbed with two honest miners, one adversary per attack class (a sybil group of three), an
 honest validator (stake 100) and a dishonest one (stake 50) that publishes a wrong merged state;
-plus a one-round job with a loose norm bound for the NaN-batch exploit. Counts, per attack class,
+a one-round job with a loose norm bound for the NaN-batch exploit; and a three-round job that
+requires own-shard evidence (four passes over quarter-size shards, significant at 0.05) with three
+honest miners and the `SHARD_EVIDENCE` attacks (free rider, diluted copy, same-block copy with a
+ground hash, minimal effort; the last is judged on merits, so its row records `share`, what it was
+paid of each merged round, against `fair_share`, its leave-one-out marginal gain ÷ the round's
+total, averaged over the rounds with a merge). Counts, per attack class,
 submissions judged, merged (in any adopted state's contributions) and rewarded (a positive weight
 from any validator); the honest miners' share of all weights set; the validator's extra cost of the
 checks per submission (fetch + unpack + checks + copy/replay detection, against scoring); and the
@@ -35,12 +40,14 @@ from moeforge.versions import software_versions
 from provenance import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
-from harness.adversary import ATTACKS, DishonestValidator, adversaries
+from harness.adversary import ATTACKS, SHARD_EVIDENCE, DishonestValidator, adversaries
 from harness.inprocess import InProcessNetwork
 
 RESULTS = Path(__file__).parent / "results" / "attacks.json"
 FAULTS_RESULTS = Path(__file__).parent / "results" / "faults.json"
 ROUNDS = 2
+EVIDENCE_ROUNDS = 3  # the free rider needs an adopted update to ride on
+EVIDENCE_JOB = dict(rounds=EVIDENCE_ROUNDS, shard_passes=4, evidence_significance=0.05)  # as tests/network/test_attacks.py
 RECORDS = 600
 WRONG_STATE = "wrong_state_validator"
 
@@ -55,8 +62,8 @@ def job_request(model_dir: Path, **overrides) -> JobRequest:
     return JobRequest(**{**fields, **overrides})
 
 
-def _network(run: Path, request: JobRequest, records, salt: str, names, stakes, seed: int) -> InProcessNetwork:
-    net = InProcessNetwork.create(run, LocalStore(run / "store"), request, records, salt, miner_modes=["full", "full"],
+def _network(run: Path, request: JobRequest, records, salt: str, names, stakes, seed: int, honest: int = 2) -> InProcessNetwork:
+    net = InProcessNetwork.create(run, LocalStore(run / "store"), request, records, salt, miner_modes=["full"] * honest,
                                   validator_stakes=stakes)
     net.publish()
     adversaries(net, names, victim=net.miners[0].hotkey, seed=seed)
@@ -74,9 +81,13 @@ def _weights(net) -> tuple[dict[str, float], float]:
     return best, total
 
 
+def _honest(net) -> list:
+    return [m for m in net.miners if getattr(m, "attack", None) is None]
+
+
 def _honest_weight(net) -> float:
     uid = {n.hotkey: n.uid for n in net.chain.metagraph().neurons}
-    return sum(row.get(uid[m.hotkey], 0.0) for row in net.chain.weights().values() for m in net.miners[:2])
+    return sum(row.get(uid[m.hotkey], 0.0) for row in net.chain.weights().values() for m in _honest(net))
 
 
 def _tally(net, record, table: dict, cost: dict) -> None:
@@ -92,23 +103,32 @@ def _tally(net, record, table: dict, cost: dict) -> None:
         cost["submissions"] += n_revealed
         cost["score_s"] += report.timings.get("score", 0.0)
         cost["scored"] += n_scored
-    for miner in net.miners[2:]:
+    for miner in net.miners:
+        if getattr(miner, "attack", None) is None:
+            continue
         row = table.setdefault(miner.attack.name, {"trials": 0, "submissions": 0, "merged": 0, "rewarded": 0, "reasons": {}})
         for r, reports in net.reports.items():
-            entry = next((v for v in reports[honest_validator].verdicts if v.hotkey == miner.hotkey), None)
+            report = reports[honest_validator]
+            entry = next((v for v in report.verdicts if v.hotkey == miner.hotkey), None)
             if entry is not None:
                 row["submissions"] += 1
                 reason = entry.reject or "accepted"
                 row["reasons"][reason] = row["reasons"].get(reason, 0) + 1
+            if miner.attack.name == "minimal_effort" and report.contributions:
+                positive = {h: max(0.0, m) for h, m in report.marginal.items()}
+                total = sum(positive.values())
+                row.setdefault("rounds_merged", []).append({
+                    "round": r, "share": report.contributions.get(miner.hotkey, 0.0),
+                    "fair_share": positive.get(miner.hotkey, 0.0) / total if total > 0 else 0.0})
         row["merged"] += miner.hotkey in merged_by
         row["rewarded"] += weights.get(miner.hotkey, 0.0) > 0
 
 
 def run_trials(trials: int, seed: int, model_dir: Path, records, work: Path) -> dict:
-    names = [n for n in ATTACKS if n != "nan_batches"]
+    names = [n for n in ATTACKS if n not in ("nan_batches", *SHARD_EVIDENCE)]
     table: dict[str, dict] = {}
     cost = {"check_s": 0.0, "submissions": 0, "score_s": 0.0, "scored": 0}
-    honest_w = total_w = 0.0
+    honest_w = total_w = evidence_honest_w = evidence_total_w = 0.0
     wrong = {"trials": 0, "submissions": 0, "merged": 0, "rewarded": 0, "flagged": 0}
     for t in range(trials):
         s = seed + t
@@ -133,15 +153,30 @@ def run_trials(trials: int, seed: int, model_dir: Path, records, work: Path) -> 
         _tally(loose, None, table, cost)
         honest_w += _honest_weight(loose)
         total_w += _weights(loose)[1]
+        gauntlet = _network(work / f"gauntlet-{s}", job_request(model_dir, **EVIDENCE_JOB), records, salt, SHARD_EVIDENCE,
+                            [100.0], s, honest=3)
+        for r in range(EVIDENCE_ROUNDS):
+            gauntlet.run_round(r)
+        _tally(gauntlet, gauntlet.finish(), table, cost)
+        evidence_honest_w += _honest_weight(gauntlet)
+        evidence_total_w += _weights(gauntlet)[1]
         for row in table.values():
             row["trials"] = t + 1
         print(f"trial {t + 1}/{trials} (seed {s}): {time.perf_counter() - start:.1f} s", file=sys.stderr)
     table[WRONG_STATE] = wrong
+    lazy = table.get("minimal_effort")
+    if lazy is not None:  # judged on merits: paid at most its measured marginal contribution
+        rounds = lazy.pop("rounds_merged", [])
+        lazy["share"] = sum(x["share"] for x in rounds) / len(rounds) if rounds else 0.0
+        lazy["fair_share"] = sum(x["fair_share"] for x in rounds) / len(rounds) if rounds else 0.0
+        lazy["share_le_fair_share_every_round"] = all(x["share"] <= x["fair_share"] + 1e-12 for x in rounds)
+        lazy["rounds_with_a_merge"] = len(rounds)
     per_check = cost["check_s"] / max(1, cost["submissions"])
     per_score = cost["score_s"] / max(1, cost["scored"])
     return {
         "attacks": table,
         "honest_reward_share": honest_w / total_w if total_w else None,
+        "honest_reward_share_with_minimal_effort": evidence_honest_w / evidence_total_w if evidence_total_w else None,
         "check_cost": {
             "check_s_per_submission": per_check, "score_s_per_scored_submission": per_score,
             "ratio": per_check / per_score if per_score else None,
@@ -204,6 +239,10 @@ def _print(result: dict) -> None:
               + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
     share = result["honest_reward_share"]
     print(f"honest miners' share of rewards: {share:.3f}" if share is not None else "honest miners' share of rewards: n/a")
+    lazy = result["attacks"].get("minimal_effort")
+    if lazy is not None:
+        print(f"minimal effort: share {lazy['share']:.3f} vs fair share {lazy['fair_share']:.3f} over {lazy['rounds_with_a_merge']} "
+              f"merged rounds; honest share with it present {result['honest_reward_share_with_minimal_effort']:.3f}")
     c = result["check_cost"]
     print(f"checks per submission {c['check_s_per_submission'] * 1e3:.1f} ms vs scoring {c['score_s_per_scored_submission'] * 1e3:.1f} ms"
           + (f" (ratio {c['ratio']:.3f})" if c["ratio"] is not None else ""))

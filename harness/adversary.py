@@ -9,8 +9,11 @@ forged, and how it is committed and revealed); an `Adversary` is a hotkey *with*
 - most attacks start from an honest delta of the same round that leaked to them (`peers`), the
   worst case, and turn it into the attack: mutate the tensors, add keys, sign with another key,
   upload bytes that are not a valid payload, commit late or to another hash, re-sign a copy;
-- `copy*`, `sybil`, `replay*` reuse someone's work; `overfit` trains, but on what it guesses the
-  validators will evaluate (train rows at the indices an earlier round's public seed picked);
+- `copy*`, `sybil`, `replay*`, `free_rider`, `diluted_copy`, `same_block_copy` reuse someone's
+  work (the last three get past digest, cosine and commit-order checks; own-shard evidence answers
+  them: `SHARD_EVIDENCE`); `minimal_effort` does a little real work and rescales it to look like
+  more; `overfit` trains, but on what it guesses the validators will evaluate (train rows at the
+  indices an earlier round's public seed picked);
 - `DishonestValidator` wraps a validator and publishes a wrong merged state after judging.
 
 `ATTACKS` maps each attack's name to it; `Attack.expect` lists the `Reject` reasons a validator
@@ -34,12 +37,12 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from moeforge.chain.keys import keypair_from_uri, sign
-from moeforge.network.checks import Reject
+from moeforge.network.checks import Reject, global_norm
 from moeforge.network.commitment import commitment, encode_commitment, encode_result, encode_reveal
 from moeforge.network.job import JobSpec
 from moeforge.network.miner import Prepared
 from moeforge.network.state import HEADER_SLACK_BYTES, backed_report, base_state, round_results
-from moeforge.network.transport import Envelope, canonical_bytes, pack, unpack
+from moeforge.network.transport import MOMENTUM_PREFIX, Envelope, canonical_bytes, pack, unpack
 from moeforge.store.protocol import Store, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class Context:
     store: Store
     keypair: object  # the adversary's own hotkey
     leaked: Prepared | None  # an honest miner's submission of this round (None in a network without one)
+    leaked_hotkey: str | None  # whose it is
     peers: Mapping[str, Prepared]  # every submission prepared before this one in the round
     seed: int
 
@@ -89,7 +93,7 @@ class Adversary:
     def prepare(self, r: int) -> Prepared | None:
         peers = dict(self._peers(r))
         leaked = peers.get(self.victim) if self.victim else None
-        data = self.attack.forge(Context(r, self.job, self.chain, self.store, self.keypair, leaked, peers, self.seed + r))
+        data = self.attack.forge(Context(r, self.job, self.chain, self.store, self.keypair, leaked, self.victim, peers, self.seed + r))
         if data is None:
             return None
         base = leaked.base if leaked is not None else base_state(self.chain, self.store, self.job, r)
@@ -362,8 +366,8 @@ def _replay(ctx):
     return signed(ctx, tensors)
 
 
-def _replay_update(ctx):
-    """The update round r − 1 adopted (its state − its base; both public), submitted as a delta."""
+def adopted_update(ctx: Context) -> Tensors | None:
+    """The update the last round that changed the state adopted (its state − its base; both public), or None."""
     if ctx.round == 0:
         return None
     after = base_state(ctx.chain, ctx.store, ctx.job, ctx.round)
@@ -372,7 +376,88 @@ def _replay_update(ctx):
     before = base_state(ctx.chain, ctx.store, ctx.job, after.round)
     _, new = unpack(ctx.store.get(after.digest))
     _, old = unpack(ctx.store.get(before.digest))
-    return signed(ctx, {k: (new[k].double() - old[k].double()) for k in new})
+    return {k: (new[k].double() - old[k].double()) for k in new if not k.startswith(MOMENTUM_PREFIX)}
+
+
+def _replay_update(ctx):
+    """The update round r − 1 adopted, submitted as a delta."""
+    update = adopted_update(ctx)
+    return None if update is None else signed(ctx, update)
+
+
+def _at_cosine(tensors: Tensors, cosine: float, seed: int) -> Tensors:
+    """`tensors` plus Gaussian noise sized so that the result's cosine with them is about `cosine` (per tensor)."""
+    g = torch.Generator().manual_seed(seed)
+    ratio = math.tan(math.acos(cosine))  # noise norm / signal norm
+    out = {}
+    for k, v in tensors.items():
+        noise = torch.randn(v.shape, generator=g, dtype=torch.float64)
+        out[k] = (v.double() + ratio * v.double().norm() / noise.norm() * noise).to(v.dtype)
+    return out
+
+
+def _free_rider(ctx):
+    """Never trains: the last adopted update (public in the store), × 0.9 plus noise to cosine 0.95, so that
+    neither its digest nor a cosine of 0.99 matches the update it rides on."""
+    update = adopted_update(ctx)
+    if update is None:
+        return None
+    return signed(ctx, _at_cosine({k: 0.9 * v for k, v in update.items()}, 0.95, ctx.seed))
+
+
+def _diluted_copy(ctx):
+    """A leaked honest delta of the round plus noise to cosine 0.9 with it: below any copy threshold that
+    honest miners' deltas could trip."""
+    return signed(ctx, _at_cosine(leaked_tensors(ctx), 0.9, ctx.seed))
+
+
+def _same_block_copy(ctx):
+    """The victim's delta with noise at 1e-4 of its scale, committed in the victim's block, the noise seed ground until
+    the commitment hash sorts below the victim's (so an order by hash would name the victim the copier)."""
+    victim = commitment(ctx.leaked.digest, ctx.leaked_hotkey, ctx.round)
+    tensors = leaked_tensors(ctx)
+    for tries in range(1, 257):
+        g = torch.Generator().manual_seed(ctx.seed * 1000 + tries)
+        data = signed(ctx, {k: v + 1e-4 * v.std() * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in tensors.items()})
+        if commitment(sha256_hex(data), ctx.keypair.ss58_address, ctx.round) < victim:
+            log.info("same-block copy: commitment ground below the victim's in %d tries", tries)
+            return data
+    raise RuntimeError("no commitment below the victim's in 256 tries")  # 2^-256 odds
+
+
+def _minimal_effort(ctx):
+    """Does some real work, a quarter of it: H/4 optimizer steps on its own shard, its delta then rescaled to the median
+    norm of the round's other submissions (the worst case: it saw them all), so a share that followed norms would
+    equal theirs."""
+    from moeforge.network.jobdata import decode_train_rows, shard
+    from moeforge.network.shards import miner_shard
+
+    job = ctx.job
+    rows = decode_train_rows(ctx.store.get(job.train_data), seq_len=job.seq_len, rows=job.train_rows)
+    indices = miner_shard(rows.input_ids.shape[0], job.job_id, ctx.round, ctx.keypair.ss58_address, job.shard_rows)
+    steps = max(1, job.inner_steps // 4)
+    delta = _train_from_base(ctx, shard(rows, indices), job.miner_train_config().model_copy(update={"steps": steps}))
+    norms = sorted(float(global_norm(unpack(p.data)[1])) for p in ctx.peers.values() if p is not None)
+    tensors = delta.state_dict()
+    if norms:
+        scale = norms[len(norms) // 2] / float(global_norm(tensors))
+        tensors = {k: scale * v for k, v in tensors.items()}
+    return signed(ctx, tensors)
+
+
+def _train_from_base(ctx: Context, rows, config):
+    """An ESFT delta trained on `rows` from round r's base state, as a miner would."""
+    from moeforge.model.load import load_model
+    from moeforge.model.slices import apply_slice, extract_slice
+    from moeforge.network.state import fetch_state
+    from moeforge.train.esft import train_experts
+
+    job = ctx.job
+    model = load_model(job.base_model)
+    reference = extract_slice(model, job.slots, job.base_fingerprint)
+    apply_slice(model, fetch_state(ctx.store, base_state(ctx.chain, ctx.store, job, ctx.round), job=job, reference=reference))
+    delta, _ = train_experts(model, job.slots, rows, config, base_fingerprint=job.base_fingerprint)
+    return delta
 
 
 def _sybil(ctx):
@@ -383,25 +468,16 @@ def _sybil(ctx):
 
 def _overfit(ctx):
     """Train hard on the train rows at the indices an earlier round's public seed drew from the held-out split."""
-    from moeforge.model.load import load_model
-    from moeforge.model.slices import apply_slice, extract_slice
     from moeforge.network.jobdata import decode_train_rows, shard
     from moeforge.network.shards import eval_samples
-    from moeforge.network.state import fetch_state
-    from moeforge.train.esft import train_experts
 
     job = ctx.job
     seed_block = job.schedule.seed_block(ctx.round - 1) if ctx.round > 0 else ctx.chain.block()
     guess, _ = eval_samples(job.heldout_rows, ctx.chain.block_hash(seed_block), job.score_rows, job.merge_rows)
     rows = decode_train_rows(ctx.store.get(job.train_data), seq_len=job.seq_len, rows=job.train_rows)
     visible = [i % rows.input_ids.shape[0] for i in guess]
-    ref = base_state(ctx.chain, ctx.store, job, ctx.round)
-    model = load_model(job.base_model)
-    reference = extract_slice(model, job.slots, job.base_fingerprint)
-    apply_slice(model, fetch_state(ctx.store, ref, job=job, reference=reference))
     config = job.miner_train_config().model_copy(update={"steps": 4 * job.inner_steps, "lr": 3 * job.train.lr})
-    delta, _ = train_experts(model, job.slots, shard(rows, visible), config, base_fingerprint=job.base_fingerprint)
-    return signed(ctx, delta.state_dict())
+    return signed(ctx, _train_from_base(ctx, shard(rows, visible), config).state_dict())
 
 
 def _honest(ctx):
@@ -446,9 +522,21 @@ ATTACKS: dict[str, Attack] = {a.name: a for a in [
     Attack("out_of_range_offsets", "a tensor past the end of the data", frozenset({_R.MALFORMED}), _malformed("out_of_range")),
     Attack("pickle", "a pickle whose loading would run code (a canary file)", frozenset({_R.MALFORMED}), _pickled("pickle")),
     Attack("torch_save", "a torch.save zip with a pickled canary", frozenset({_R.MALFORMED}), _pickled("torch_save")),
+    Attack("free_rider", "never trains: the last adopted update × 0.9 plus noise to cosine 0.95 (public in the store)",
+           frozenset({_R.NO_EVIDENCE, _R.NO_IMPROVEMENT, _R.REPLAY}), _free_rider),
+    Attack("diluted_copy", "a leaked honest delta plus noise to cosine 0.9, committed a block later",
+           frozenset({_R.NO_EVIDENCE, _R.NO_IMPROVEMENT}), _diluted_copy, commit="after_peers"),
+    Attack("same_block_copy", "a copy committed in the victim's block with its commitment hash ground below the victim's",
+           frozenset({_R.COPY}), _same_block_copy),
+    Attack("minimal_effort", "H/4 optimizer steps on its own shard, rescaled to the median norm: judged on merits, "
+           "paid at most its measured marginal contribution", frozenset(), _minimal_effort),
     Attack("overfit", "trains 4× the steps at 3× the rate on the train rows at the indices a public seed drew "
            "(its best guess at the eval rows): judged on merits, it must not out-score honest miners", frozenset(), _overfit),
 ]}
+
+
+SHARD_EVIDENCE = ("same_block_copy", "free_rider", "diluted_copy", "minimal_effort")  # answered by own-shard evidence (a job
+# that requires it, evidence.py); the others need none
 
 
 def adversaries(net, names, *, victim: str, seed: int = 0, sybils: int = 3) -> list[Adversary]:

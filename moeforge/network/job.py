@@ -70,6 +70,7 @@ class JobSpec(BaseModel):
     rounds: int = Field(ge=1)
     block_seconds: float = Field(gt=0)  # the block time the schedule was sized for (timeouts, progress)
     inner_steps: int = Field(ge=1)  # H: optimizer steps a miner trains per round
+    shard_passes: int = Field(1, ge=1, le=8)  # passes a miner makes over its shard in those steps (shard_rows)
     train: TrainConfig  # the miners' optimizer settings; steps come from inner_steps
     # the validation
     norm_bound: float = Field(gt=0)  # a delta's global L2 norm may be at most this × the current experts' norm
@@ -101,6 +102,9 @@ class JobSpec(BaseModel):
             problems.append(
                 f"score_rows + merge_rows = {self.score_rows + self.merge_rows} exceeds the {self.heldout_rows} held-out rows"
             )
+        if self.shard_rows < self.train.rows_per_step:
+            problems.append(f"{self.shard_passes} passes over the shard leave {self.shard_rows} rows, fewer than one step's "
+                            f"{self.train.rows_per_step}; lower shard_passes to at most inner_steps ({self.inner_steps})")
         if self.shard_rows > self.train_rows:
             problems.append(f"a miner's shard of {self.shard_rows} rows exceeds the {self.train_rows} train rows")
         if not self.experts or any(not ids for ids in self.experts.values()):
@@ -116,8 +120,11 @@ class JobSpec(BaseModel):
 
     @property
     def shard_rows(self) -> int:
-        """Rows in one miner's shard per round: each row is trained on once."""
-        return self.inner_steps * self.train.rows_per_step
+        """Rows in one miner's shard per round: the rows of its H steps, each trained on `shard_passes` times.
+
+        More passes over fewer rows leave a clearer mark of the shard on the delta (evidence.py) at
+        the same compute, for less data diversity per round."""
+        return -(-self.inner_steps * self.train.rows_per_step // self.shard_passes)
 
     @property
     def last_round(self) -> int:

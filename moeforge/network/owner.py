@@ -76,6 +76,7 @@ class JobRequest(BaseModel):
     reveal_blocks: int = Field(3, ge=1)
     score_blocks: int = Field(30, ge=1)  # 2 validators score 3 deltas of the default testbed and merge in ~12 s; room for a busy machine
     inner_steps: int = Field(16, ge=1)  # H
+    shard_passes: int = Field(1, ge=1, le=8)  # passes over a miner's shard per round (JobSpec.shard_rows)
     train: TrainConfig = TrainConfig(lr=2e-3, batch_size=8, warmup_steps=2, weight_decay=0.0, checkpoint_every=0)
     norm_bound: float = Field(1.0, gt=0)  # × the current experts' global L2 norm
     significance: float = Field(0.05, gt=0, lt=1)
@@ -298,7 +299,7 @@ def _spec(req: JobRequest, **fields) -> JobSpec:
         return JobSpec(
             job_id=req.job_id, base_model=str(Path(req.base_model).resolve()), domain=req.domain,
             split=SplitSpec(validation=req.validation, heldout=req.heldout), rounds=req.rounds, block_seconds=req.block_seconds,
-            inner_steps=req.inner_steps, train=req.train, norm_bound=req.norm_bound, significance=req.significance,
+            inner_steps=req.inner_steps, shard_passes=req.shard_passes, train=req.train, norm_bound=req.norm_bound, significance=req.significance,
             evidence_rows=req.evidence_rows, evidence_significance=req.evidence_significance, general_rows=req.general_rows,
             general_budget=req.general_budget, backtrack=req.backtrack, outer_lr=req.outer_lr, outer_momentum=req.outer_momentum,
             top_k=req.top_k, merge_margin=req.merge_margin, score_rows=score_rows, merge_rows=merge_rows,

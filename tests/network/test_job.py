@@ -73,3 +73,12 @@ def test_waiting_for_the_job_of_an_unregistered_or_silent_owner_fails_with_what_
         wait_for_job(chain, store, stranger, timeout_s=1)
     with pytest.raises(ChainError, match="published no job within 0 s"):
         wait_for_job(chain, store, OWNER.ss58_address, timeout_s=0.05, poll_s=0.01)
+
+
+def test_shard_passes_shrink_the_shard_and_may_not_leave_less_than_a_step():
+    from tests.network.conftest import make_job
+
+    one, two = make_job(), make_job(shard_passes=2)
+    assert one.shard_rows == one.inner_steps * one.train.rows_per_step == 2 * two.shard_rows
+    with pytest.raises(ValueError, match="3 passes over the shard leave 3 rows, fewer than one step's 4"):
+        make_job(shard_passes=3)
