@@ -83,5 +83,6 @@ def _before_after(model_dir: Path, seq_len: int, record, net, eval_tokens: int, 
         table.add_column(col, justify="right" if col else "left")
     table.add_row("base", f"{before[0]:.3f}", f"{before[1]:.2f}")
     n = len(record.rounds)
-    table.add_row(f"after {n} network round{'s' if n != 1 else ''}", f"{after[0]:.3f}", f"{after[1]:.2f}")
+    table.add_row(f"after {n} network round{'s' if n != 1 else ''}", f"{after[0]:.3f}",
+                  f"{after[1]:.2f} ({100 * (after[1] / before[1] - 1):+.1f}%)")
     console.print(table)

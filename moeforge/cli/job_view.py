@@ -21,19 +21,25 @@ def print_record(record, console: Console, names: dict[str, str] | None = None) 
     console.print(losses)
 
     rounds = Table(title=f"rounds ({len(record.slots)} experts trained)")
-    for col in ("round", "outcome", "accepted", "rejected", "merge-sample loss", "backed by"):
+    for col in ("round", "outcome", "accepted", "rejected", "merge-sample loss", "general ppl (drift)", "backed by"):
         rounds.add_column(col)
     for entry in record.rounds:
         rejected = ", ".join(f"{who(h)}: {r.reason}" for h, r in entry.rejections.items() if r.reason != "no_improvement")
         below = sum(r.reason == "no_improvement" for r in entry.rejections.values())
         if below:
-            rejected += (", " if rejected else "") + f"{below} below the noise floor"
+            rejected += (", " if rejected else "") + f"{below} without a significant gain"
         loss = ""
         if entry.losses.get("merge_base") is not None and entry.losses.get("adopted") is not None:
             loss = f"{entry.losses['merge_base']:.4f} → {entry.losses['adopted']:.4f}"
         outcome = entry.outcome if entry.choice is None else f"{entry.outcome} ({entry.choice})"
+        if entry.outcome == "adopted" and entry.scale != 1.0:
+            outcome += f" ×{entry.scale:g}"
+        general = "-"
+        if (ppl := entry.general_perplexity()) is not None:
+            general = f"{ppl[1]:.2f} → {ppl[2]:.2f} ({100 * (ppl[2] / ppl[0] - 1):+.1f}%)"
         backers = ", ".join(f"{who(h)} ({stake:g})" for h, stake in sorted(entry.backers.items(), key=lambda kv: -kv[1]))
-        rounds.add_row(str(entry.round), outcome, f"{len(entry.accepted)}/{len(entry.scores)}", rejected or "-", loss, backers or "-")
+        rounds.add_row(str(entry.round), outcome, f"{len(entry.accepted)}/{len(entry.scores)}", rejected or "-", loss, general,
+                       backers or "-")
     console.print(rounds)
 
     shares = Table(title="contribution shares (accepted improvement, summed over the job)")

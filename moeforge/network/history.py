@@ -15,6 +15,7 @@ normalised, the shares sum to 1. A round that kept its base credits no one.
 """
 
 import logging
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -130,6 +131,15 @@ class RoundEntry(BaseModel):
     losses: dict[str, float | None] = Field(default_factory=dict)  # score_base, merge_base, merged, single, adopted
     contributions: dict[str, float] = Field(default_factory=dict)
     gain: float = 0.0
+    scale: float = 1.0  # the adopted step's scale after the general guard's line search
+
+    def general_perplexity(self) -> tuple[float, float, float] | None:
+        """(base model's, round's start, round's end) perplexity on the guard's general sample; None without a guard."""
+        base, start = self.losses.get("general_base"), self.losses.get("general_current")
+        if base is None or start is None:
+            return None
+        end = self.losses.get("general_adopted")
+        return math.exp(base), math.exp(start), math.exp(end if end is not None and self.outcome == "adopted" else start)
 
 
 class JobRecord(BaseModel):
@@ -177,7 +187,7 @@ def round_entry(round: int, base_sha256: str, published: dict[str, str], backers
         round=round, outcome="kept" if report.state_sha256 == base_sha256 else "adopted", base_sha256=base_sha256,
         state_sha256=report.state_sha256, state_digest=report.state_digest, backers=backers, validators=published, dissent=dissent,
         report=report_digest, choice=report.choice, accepted=list(report.accepted), scores=scores,
-        rejections=rejections, losses=losses, contributions=dict(report.contributions), gain=report.gain,
+        rejections=rejections, losses=losses, contributions=dict(report.contributions), gain=report.gain, scale=report.scale,
     )
 
 
