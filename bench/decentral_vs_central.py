@@ -14,12 +14,16 @@ batches (`scoring.scoring_cost`, median of several repeats).
 
 `--sweep` tunes each side on the loss of the job's validation split (records neither miners nor
 validators ever see, disjoint from GSM8K test; the test figures are reported, never used to
-pick), one knob at a time by a greedy line search at the same token budget: the network's miner
-lr, then inner steps H against rounds R (R × H fixed), the merge top-k, then the norm bound
-(validators refuse a delta whose norm exceeds this × the current experts' norm), loosened
-together with a proportionally larger lr; the central lr on the picked network's rows. Every
-trial is listed in the JSON. The defaults are the sweep's pick. Prints a table and writes
-bench/results/decentral_vs_central.json.
+pick), by greedy line searches that extend themselves until the best value is interior, at the
+same token budget. Both sides are held to the job's general-drift budget (2% on the guard's
+WikiText-2 validation rows; WikiText-2 test reports): the network by its validators' guard, the
+central runs by early stopping (the best validation checkpoint of CENTRAL_CHECKPOINTS whose
+general loss is within the budget). Network knobs (`--knobs`): the miners' lr, and the outer
+optimizer against plain averaging (it must beat it to be picked); then the same network without
+its guard (unconstrained). Central: the lr at the miners' batch and at the data-parallel
+equivalent's (miners × rows per step, R × H steps, DiLoCo's own comparison), each once within the
+budget and once unconstrained. Every trial, with each central run's checkpoint curve, is in the
+JSON. Prints a table and writes bench/results/decentral_vs_central.json.
 
     .venv/bin/python bench/decentral_vs_central.py [--rounds R] [--miners 4] [--inner-steps H] [--sweep] [--quick]
 
@@ -46,7 +50,7 @@ from transformers import AutoTokenizer
 
 from moeforge.data.corpora import load_corpus
 from moeforge.eval.domain import domain_loss, rows_loss
-from moeforge.eval.general import general_perplexity
+from moeforge.eval.general import general_perplexity, general_reference_rows
 from moeforge.extract.package import MODES
 from moeforge.model.load import load_model
 from moeforge.model.slices import apply_slice, extract_slice, remove_delta
@@ -74,6 +78,10 @@ SALT = "bench-decentral-vs-central"
 JOB_ID = "bench-maths"
 TARGET_RATIO = 0.98  # network's domain-loss improvement ÷ centralised ESFT's, at least
 TARGET_SCORING = 1.2  # seconds to score one submission ÷ one evaluation pass, at most
+OUTER_CANDIDATES = ((1.0, 0.5),)  # (outer lr, momentum) tried against plain averaging; DiLoCo's 0.7/0.9 drifted +140% for no
+# gain in an unconstrained run on this testbed before the guard existed
+MAX_MOVES = 8  # steps of a line search in one direction, a bound on a runaway, not a grid edge
+CENTRAL_CHECKPOINTS = 16  # evaluations along a central run, for early stopping
 
 
 @dataclass(frozen=True)
@@ -86,26 +94,31 @@ class NetSetting:
     top_k: int
     norm_bound: float = 1.0  # × the current experts' global L2 norm (JobRequest's default)
     warmup_steps: int = 2
+    guard: bool = True  # the job's general-drift guard (JobRequest's general_rows and general_budget); False: unconstrained
+    outer_lr: float = 1.0  # the outer optimizer; 1 and 0 is plain averaging (JobRequest's default)
+    outer_momentum: float = 0.0
 
     def label(self) -> str:
-        return f"R={self.rounds} H={self.inner_steps} lr={self.lr:g} top-k={self.top_k} norm bound={self.norm_bound:g}"
+        return (f"R={self.rounds} H={self.inner_steps} lr={self.lr:g} top-k={self.top_k} norm bound={self.norm_bound:g} "
+                f"outer {self.outer_lr:g}/{self.outer_momentum:g} {'guarded' if self.guard else 'unconstrained'}")
 
 
-def line_search(trial, start, up, down) -> tuple:
-    """Greedy search along one knob: start, then up (up to 4 times, while it helps), else down likewise; the best trial.
+def line_search(trial, start, up, down, *, key: str = "loss") -> dict:
+    """Greedy search along one knob: start, then up while it helps, else down likewise; the best trial.
 
-    `trial(x)` runs (or recalls) one trial and returns it with a `loss`; `up`/`down` map a value to its
-    neighbour, or to None where there is none.
+    It extends itself until the best value is interior (a neighbour on each side is worse) or the knob
+    has no further neighbour (`up`/`down` return None); MAX_MOVES bounds a runaway. `trial(x)` runs (or
+    recalls) one trial and returns it with `key` (lower is better); `up`/`down` map a value to its neighbour.
     """
     best = trial(start)
     for step in (up, down):
         moved = False
-        for _ in range(4):
+        for _ in range(MAX_MOVES):
             nxt = step(best["value"])
             if nxt is None:
                 break
             got = trial(nxt)
-            if got["loss"] >= best["loss"]:
+            if got[key] >= best[key]:
                 break
             best, moved = got, True
         if moved:
@@ -141,6 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-tokens", type=int, default=None, help="GSM8K test / WikiText-2 test tokens per evaluation")
     parser.add_argument("--scoring-reps", type=int, default=5)
     parser.add_argument("--sweep", action="store_true", help="run the tuning trials and report the pair picked on validation")
+    parser.add_argument("--knobs", default="lr,outer", help="what --sweep tunes on the network, comma-separated, of "
+                        "lr, inner_steps, top_k, outer, lr_unconstrained (the central side's lr is always tuned, at two batch "
+                        "sizes, with early stopping)")
+    parser.add_argument("--unconstrained", action="store_true", help="without --sweep, also run the network without its guard")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration for a smoke run")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--run", type=Path, default=None, help="keep the networks' run folders here (default: a temporary folder)")
@@ -165,22 +182,27 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--modes names {len(modes)} modes for {args.miners} miners")
     validation = _validation_rows(records, tokenizer, seq_len, args.val_rows)
 
+    guard_ids, guard_labels = general_reference_rows(tokenizer, seq_len=seq_len, rows=JobRequest.model_fields["general_rows"].default)
+    budget = JobRequest.model_fields["general_budget"].default
+
     def evaluate(m) -> dict:
         d = domain_loss(m, tokenizer, test_records, seq_len=seq_len, max_tokens=args.eval_tokens)
         g = general_perplexity(m, tokenizer, seq_len=seq_len, max_tokens=args.eval_tokens)
         v = rows_loss(m, validation.input_ids, validation.labels, batch_size=8)
-        return {"domain_loss": d.loss, "general_ppl": g.perplexity, "validation_loss": v.loss}
+        guard = rows_loss(m, guard_ids, guard_labels, batch_size=8)
+        return {"domain_loss": d.loss, "general_ppl": g.perplexity, "validation_loss": v.loss, "general_val_loss": guard.loss}
 
     before = evaluate(model)
     print(f"base: GSM8K test loss {before['domain_loss']:.4f}, WikiText-2 ppl {before['general_ppl']:.2f}, "
           f"validation loss {before['validation_loss']:.4f}", flush=True)
     start = NetSetting(args.rounds, args.inner_steps, args.lr, args.top_k)
+    knobs = [k for k in args.knobs.split(",") if k] if args.sweep else []
 
     with tempfile.TemporaryDirectory(prefix="moeforge-dvc-") as tmp:
         runs_root = args.run or Path(tmp)
         net_trials: dict[NetSetting, dict] = {}
         stage = ["start"]  # which knob the sweep is moving, for the trials list
-        central_trials: dict[float, dict] = {}
+        central_trials: dict[tuple[float, int], dict] = {}
 
         def network_trial(s: NetSetting) -> dict:
             if s not in net_trials:
@@ -195,41 +217,61 @@ def main(argv: list[str] | None = None) -> dict:
                       f"WikiText-2 ppl {after['general_ppl']:.2f}; {run['seconds']:.0f} s", flush=True)
             return net_trials[s]
 
-        best_net = network_trial(start)
-        if args.sweep:  # one knob at a time, each at the same token budget M × R × H × batch × seq_len
-            def knob(field: str, up, down) -> dict:
-                stage[0] = field
+        def knob(best: dict, field: str, up, down) -> dict:
+            stage[0] = field if best["setting"].guard else f"{field} (unconstrained)"
 
-                def trial(value):
-                    return {**network_trial(replace(best_net["setting"], **_with(best_net["setting"], field, value))), "value": value}
-                return line_search(trial, getattr(best_net["setting"], field), up, down)
+            def trial(value):
+                return {**network_trial(replace(best["setting"], **_with(best["setting"], field, value))), "value": value}
+            return line_search(trial, getattr(best["setting"], field), up, down)
 
-            best_net = knob("lr", lambda v: v * 2, lambda v: v / 2)
+        best_net = network_trial(start)  # guarded: the job's drift budget holds, so this side is constrained by construction
+        if "lr" in knobs:
+            best_net = knob(best_net, "lr", lambda v: v * 2, lambda v: v / 2)
+        if "inner_steps" in knobs:
             steps = best_net["setting"].rounds * best_net["setting"].inner_steps
             max_rounds = 4 * args.rounds  # more rounds cost validator time per token: two halvings of H at most
-            best_net = knob("inner_steps", lambda h: 2 * h if steps % (2 * h) == 0 else None,
+            best_net = knob(best_net, "inner_steps", lambda h: 2 * h if steps % (2 * h) == 0 else None,
                             lambda h: h // 2 if h % 2 == 0 and steps // (h // 2) <= max_rounds else None)
-            best_net = knob("top_k", lambda k: None, lambda k: k // 2 or None)
-            best_net = knob("norm_bound", lambda b: 2 * b, lambda b: None)
+        if "top_k" in knobs:
+            best_net = knob(best_net, "top_k", lambda k: None, lambda k: k // 2 or None)
+        if "outer" in knobs:  # DiLoCo's outer Nesterov against plain averaging, which it must beat to be picked
+            stage[0] = "outer"
+            for outer_lr, momentum in OUTER_CANDIDATES:
+                got = network_trial(replace(best_net["setting"], outer_lr=outer_lr, outer_momentum=momentum))
+                if got["loss"] < best_net["loss"]:
+                    best_net = got
+        best_free = network_trial(replace(best_net["setting"], guard=False)) if args.sweep or args.unconstrained else None
+        if best_free is not None and "lr_unconstrained" in knobs:
+            best_free = knob(best_free, "lr", lambda v: v * 2, lambda v: v / 2)
         job, rows_used = best_net["run"]["job"], best_net["run"]["rows_used"]
 
-        def central_trial(lr: float) -> dict:
-            if lr not in central_trials:
-                print(f"central trial: lr={lr:g}, {len(rows_used) // args.batch_size} steps over the picked network's rows", flush=True)
-                got = _run_central(args, lr, base_dir, model, job, best_net["run"]["train_rows"], rows_used, evaluate)
-                central_trials[lr] = {**got, "loss": got["after"]["validation_loss"]}
-                print(f"  → validation {got['after']['validation_loss']:.4f}, GSM8K test {got['after']['domain_loss']:.4f}, "
-                      f"WikiText-2 ppl {got['after']['general_ppl']:.2f}; {got['train_seconds']:.0f} s", flush=True)
-            return {**central_trials[lr], "value": lr}
+        def central_trial(lr: float, batch: int) -> dict:
+            if (lr, batch) not in central_trials:
+                print(f"central trial: lr={lr:g}, {len(rows_used) // batch} steps of {batch} rows over the picked network's rows",
+                      flush=True)
+                got = _run_central(args, lr, batch, base_dir, job, best_net["run"]["train_rows"], rows_used, evaluate, budget,
+                                   before["general_val_loss"])
+                central_trials[(lr, batch)] = {**got, "side": "central" if batch == args.batch_size else "data_parallel"}
+                c, u = got["constrained"], got["unconstrained"]
+                print(f"  → within the budget: {_checkpoint_line(c)}; best overall: {_checkpoint_line(u)}; "
+                      f"{got['train_seconds']:.0f} s", flush=True)
+            return {**central_trials[(lr, batch)], "value": lr}
 
-        if args.sweep:
-            best_central = line_search(central_trial, args.central_lr, lambda v: v * 2, lambda v: v / 2)
-        else:
-            best_central = central_trial(args.central_lr)
+        batches = {"central": args.batch_size, "data_parallel": args.batch_size * args.miners}
+        picked: dict[str, dict] = {}
+        for side, batch in batches.items():
+            lr0 = args.central_lr if side == "central" else args.central_lr * 2
+            trial = lambda lr, batch=batch: central_trial(lr, batch)  # noqa: E731
+            if args.sweep:
+                picked[side] = line_search(trial, lr0, lambda v: v * 2, lambda v: v / 2)  # constrained: the budget holds
+                picked[f"{side}_unconstrained"] = line_search(trial, picked[side]["lr"], lambda v: v * 2, lambda v: v / 2,
+                                                              key="loss_unconstrained")
+            else:
+                picked[side] = picked[f"{side}_unconstrained"] = trial(lr0)
         cost = _scoring_cost(best_net["run"]["net"], job, args.scoring_reps)
 
-    result = _result(args, before, best_net, best_central, list(net_trials.values()), list(central_trials.values()), cost, modes,
-                     seq_len, started)
+    result = _result(args, before, best_net, best_free, picked, list(net_trials.values()), list(central_trials.values()), cost,
+                     modes, seq_len, started, budget)
     _print(result)
     return run.write(args.out, result)
 
@@ -240,6 +282,7 @@ def _fill_defaults(args) -> None:
         defaults = dict(rounds=2, inner_steps=2, batch_size=4, lr=1e-2, top_k=4, central_lr=1e-2, eval_tokens=2048,
                         records=600, profile_tokens=2048, score_rows=8, merge_rows=8, report_rows=16, val_rows=16)
         args.scoring_reps = min(args.scoring_reps, 2)
+        args.unconstrained = True
     else:
         defaults = dict(rounds=4, inner_steps=16, batch_size=8, lr=2e-3, top_k=4, central_lr=1e-3, eval_tokens=32_768,
                         records=None, profile_tokens=32_768, score_rows=32, merge_rows=32, report_rows=64, val_rows=128)
@@ -263,7 +306,8 @@ def _run_network(args, s: NetSetting, base_dir: Path, records, modes: list[str],
         job_id=JOB_ID, base_model=str(base_dir), domain="math", rounds=s.rounds, inner_steps=s.inner_steps,
         train=TrainConfig(lr=s.lr, batch_size=args.batch_size, warmup_steps=s.warmup_steps, weight_decay=0.0, checkpoint_every=0),
         top_k=s.top_k, norm_bound=s.norm_bound, profile_tokens=args.profile_tokens, score_rows=args.score_rows, merge_rows=args.merge_rows,
-        report_rows=args.report_rows,
+        report_rows=args.report_rows, outer_lr=s.outer_lr, outer_momentum=s.outer_momentum,
+        **({} if s.guard else {"general_rows": 0}),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     net = InProcessNetwork.create(run_dir, LocalStore(run_dir / "store"), request, records, SALT, miner_modes=modes,
@@ -323,23 +367,39 @@ def _evaluate_state(model, run: dict, evaluate) -> dict:
         apply_slice(model, reference)
 
 
-def _run_central(args, lr: float, base_dir: Path, model, job, train_rows, rows_used: list[int], evaluate) -> dict:
-    """ESFT on the job's experts over exactly the miners' rows, one sequence of M × R × H steps."""
+def _run_central(args, lr: float, batch: int, base_dir: Path, job, train_rows, rows_used: list[int], evaluate,
+                 budget: float, general_base: float) -> dict:
+    """ESFT on the job's experts over exactly the miners' rows, in one sequence of steps of `batch` rows, evaluated at
+    CENTRAL_CHECKPOINTS points along the way. Early stopping picks, on the validation split, the best checkpoint
+    overall (`unconstrained`) and the best whose general loss on the guard's WikiText-2 validation rows stays within
+    `budget` of the base model's, as the network's guard enforces (`constrained`; None when no checkpoint fits)."""
     packed = shard(train_rows, rows_used)
-    steps = len(rows_used) // args.batch_size
+    steps = len(rows_used) // batch
     warmup = args.central_warmup if args.central_warmup is not None else max(1, round(0.05 * steps))
-    cfg = TrainConfig(lr=lr, steps=steps, batch_size=args.batch_size, warmup_steps=warmup, weight_decay=0.0,
-                      checkpoint_every=0, seed=0)
-    trainer = load_model(base_dir)  # a fresh copy: train_experts returns it to the base, but the evaluator stays untouched
-    delta, result = train_experts(trainer, job.slots, packed, cfg, base_fingerprint=job.base_fingerprint)
+    cfg = TrainConfig(lr=lr, steps=steps, batch_size=batch, warmup_steps=warmup, weight_decay=0.0, checkpoint_every=0, seed=0)
+    trainer = load_model(base_dir)  # its own copy: the evaluator's model stays the base
+    every = max(1, steps // CENTRAL_CHECKPOINTS)
+    curve = []
+
+    def checkpoint(info) -> None:
+        if info.step % every == 0 or info.step == steps:
+            training = trainer.training
+            curve.append({"step": info.step, "tokens": info.tokens, **evaluate(trainer)})
+            trainer.train(training)
+
+    _, result = train_experts(trainer, job.slots, packed, cfg, base_fingerprint=job.base_fingerprint, on_step=checkpoint)
     del trainer
-    apply_slice(model, delta)
-    try:
-        after = evaluate(model)
-    finally:
-        remove_delta(model, delta)
-    return {"lr": lr, "steps": steps, "warmup_steps": warmup, "tokens": result.tokens, "train_seconds": result.seconds,
-            "tokens_per_s": result.tokens_per_s, "final_train_loss": result.final_loss, "after": after}
+    return {"lr": lr, "batch_size": batch, "steps": steps, "warmup_steps": warmup, "tokens": result.tokens,
+            "train_seconds": result.seconds, "tokens_per_s": result.tokens_per_s, "final_train_loss": result.final_loss,
+            "curve": curve, **_early_stopping(curve, budget, general_base)}
+
+
+def _early_stopping(curve: list[dict], budget: float, general_base: float) -> dict:
+    """The best checkpoint on validation loss, overall and within the general-drift budget (drift on the guard's rows)."""
+    fits = [c for c in curve if c["general_val_loss"] <= general_base + math.log1p(budget)]
+    best = min(curve, key=lambda c: c["validation_loss"])
+    return {"unconstrained": best, "constrained": min(fits, key=lambda c: c["validation_loss"]) if fits else None,
+            "loss": min(c["validation_loss"] for c in fits) if fits else math.inf, "loss_unconstrained": best["validation_loss"]}
 
 
 def _round_seconds(run: dict) -> list[dict]:
@@ -358,16 +418,48 @@ def _round_seconds(run: dict) -> list[dict]:
     return out
 
 
-def _result(args, before, best_net, best_central, net_trials, central_trials, cost, modes, seq_len, started) -> dict:
+def _checkpoint_line(c: dict | None) -> str:
+    if c is None:
+        return "no checkpoint"
+    return (f"step {c['step']} validation {c['validation_loss']:.4f}, GSM8K test {c['domain_loss']:.4f}, "
+            f"WikiText-2 ppl {c['general_ppl']:.2f}")
+
+
+def _validator_round_seconds(run: dict) -> dict:
+    """Mean seconds per round of the first validator's passes: every phase it timed, and their total."""
+    names = run["names"]
+    phases: dict[str, list[float]] = {}
+    for t in run["timings"]:
+        first = next(iter(t.validator_steps.values()), {})
+        for phase, seconds in first.items():
+            phases.setdefault(phase, []).append(seconds)
+    means = {phase: statistics.fmean(v) for phase, v in phases.items()}
+    return {"validator": next(iter(names[h] for h in run["timings"][0].validator_steps), None) if run["timings"] else None,
+            "phases": means, "total": sum(means.values()),
+            "what": "score: Proof-of-Loss of every submission (and its general-loss pass); evidence: own-shard evidence; "
+                    "merge: the candidates under the guard's line search and leave-one-out credit"}
+
+
+def _result(args, before, best_net, best_free, picked, net_trials, central_trials, cost, modes, seq_len, started, budget) -> dict:
     s, run = best_net["setting"], best_net["run"]
     job, record = run["job"], run["record"]
-    net_after, central_after = best_net["after"], best_central["after"]
+    central = picked["central"]["constrained"] or picked["central"]["unconstrained"]
+    best_central = min((picked["central"], picked["data_parallel"]), key=lambda t: t["loss"])  # over lr, batch and early stopping
+    central_best = best_central["constrained"] or best_central["unconstrained"]
+    net_after = best_net["after"]
     net_gain = before["domain_loss"] - net_after["domain_loss"]
-    central_gain = before["domain_loss"] - central_after["domain_loss"]
+    gain = lambda c: before["domain_loss"] - c["domain_loss"] if c else math.nan  # noqa: E731
+    central_gain = gain(central_best)
     tokens_network = args.miners * s.rounds * s.inner_steps * args.batch_size * seq_len
     rounds = _round_seconds(run)
     mean = lambda key: statistics.fmean(r[key] for r in rounds)  # noqa: E731
     ratio = net_gain / central_gain if central_gain > 0 else math.nan
+    free_gain = before["domain_loss"] - best_free["after"]["domain_loss"] if best_free else math.nan
+    central_free = min((picked["central_unconstrained"], picked["data_parallel_unconstrained"]),
+                       key=lambda t: t["loss_unconstrained"])["unconstrained"]
+    dp = picked["data_parallel"]["constrained"] or picked["data_parallel"]["unconstrained"]
+    drift = lambda m: m["general_ppl"] / before["general_ppl"] - 1  # noqa: E731
+    guard_drift = lambda m: math.exp(m["general_val_loss"] - before["general_val_loss"]) - 1  # noqa: E731
     return {
         "preset": args.preset,
         "miners": args.miners,
@@ -380,60 +472,94 @@ def _result(args, before, best_net, best_central, net_trials, central_trials, co
         "experts": len(job.slots),
         "selection": "ESFT-Token p=0.2 (the owner's profile of the job's train split), the same experts for both",
         "train_tokens_network": tokens_network,
-        "train_tokens_central": best_central["tokens"],
+        "train_tokens_central": picked["central"]["tokens"],
         "token_accounting": (f"network: {args.miners} miners × {s.rounds} rounds × {s.inner_steps} inner steps × "
-                             f"{args.batch_size} rows × {seq_len} tokens; central: {best_central['steps']} steps × "
-                             f"{args.batch_size} rows × {seq_len} tokens over exactly the rows the miners drew"),
+                             f"{args.batch_size} rows × {seq_len} tokens; central: {picked['central']['steps']} steps × "
+                             f"{args.batch_size} rows × {seq_len} tokens over exactly the rows the miners drew; data-parallel: "
+                             f"{picked['data_parallel']['steps']} steps × {batches_dp(args)} rows over the same rows"),
         "lr_network": s.lr,
         "warmup_network": s.warmup_steps,
         "top_k": s.top_k,
         "norm_bound": s.norm_bound,
-        "lr_central": best_central["lr"],
-        "warmup_central": best_central["warmup_steps"],
+        "lr_central": picked["central"]["lr"],
+        "warmup_central": picked["central"]["warmup_steps"],
         "schedule": "linear warm-up then cosine decay to a tenth; miners restart it (and AdamW) every round",
         "eval_tokens": args.eval_tokens,
+        "general_budget": {
+            "budget": budget, "reference": "WikiText-2 validation, the first "
+            f"{JobRequest.model_fields['general_rows'].default} rows (the network's guard rows; WikiText-2 test reports)",
+            "rule": "network: validators never adopt a state past it (merge.py); central: early stopping at the best "
+                    "validation checkpoint within it",
+        },
+        "outer_optimizer": {"name": "plain averaging" if (s.outer_lr, s.outer_momentum) == (1.0, 0.0) else "Nesterov SGD",
+                            "lr": s.outer_lr, "momentum": s.outer_momentum},
         "domain_loss_before": before["domain_loss"],
-        "domain_loss_central": central_after["domain_loss"],
+        "domain_loss_central": central_best["domain_loss"],
         "domain_loss_network": net_after["domain_loss"],
         "domain_gain_central": central_gain,
         "domain_gain_network": net_gain,
         "improvement_ratio": ratio,
+        "improvement_ratio_unconstrained": free_gain / gain(central_free) if gain(central_free) > 0 else math.nan,
+        "improvement_ratio_data_parallel": net_gain / gain(dp) if gain(dp) > 0 else math.nan,
+        "central_picked": {"batch_size": best_central["batch_size"], "lr": best_central["lr"], "step": central_best["step"],
+                           "steps": best_central["steps"]},
+        "central_same_batch": {"lr": picked["central"]["lr"], **(central or {})},
+        "data_parallel": {"lr": picked["data_parallel"]["lr"], "batch_size": picked["data_parallel"]["batch_size"],
+                          "steps": picked["data_parallel"]["steps"], **(dp or {})},
+        "unconstrained": {
+            "network": ({"lr": best_free["setting"].lr, **best_free["after"], "general_ppl_drift": drift(best_free["after"])}
+                        if best_free else None),
+            "central": {"lr": min((picked["central_unconstrained"], picked["data_parallel_unconstrained"]),
+                                  key=lambda t: t["loss_unconstrained"])["lr"], **central_free,
+                        "general_ppl_drift": drift(central_free)},
+        },
         "general_ppl_before": before["general_ppl"],
-        "general_ppl_central": central_after["general_ppl"],
+        "general_ppl_central": central_best["general_ppl"],
         "general_ppl_network": net_after["general_ppl"],
-        "general_ppl_drift_central": central_after["general_ppl"] / before["general_ppl"] - 1,
-        "general_ppl_drift_network": net_after["general_ppl"] / before["general_ppl"] - 1,
+        "general_ppl_drift_central": drift(central_best),
+        "general_ppl_drift_network": drift(net_after),
+        "general_val_loss_before": before["general_val_loss"],
+        "general_val_drift_central": guard_drift(central_best),
+        "general_val_drift_network": guard_drift(net_after),
         "validation_loss_before": before["validation_loss"],
-        "validation_loss_central": central_after["validation_loss"],
+        "validation_loss_central": central_best["validation_loss"],
         "validation_loss_network": net_after["validation_loss"],
         "network_record": {
             "heldout_loss_before": record.heldout_loss_before, "heldout_loss_after": record.heldout_loss_after,
-            "rounds": [{"round": e.round, "outcome": e.outcome, "choice": e.choice, "accepted": len(e.accepted),
+            "rounds": [{"round": e.round, "outcome": e.outcome, "choice": e.choice, "scale": e.scale, "accepted": len(e.accepted),
                         "gain": e.gain, "losses": e.losses} for e in record.rounds],
         },
         "round_seconds": rounds,
         "round_seconds_mean": mean("total_s"),
         "round_critical_path_s_mean": mean("critical_path_s"),
+        "validator_round_seconds": _validator_round_seconds(run),
         "publish_s": run["publish_s"],
         "network_seconds": run["seconds"],
-        "central_train_seconds": best_central["train_seconds"],
-        "central_tokens_per_s": best_central["tokens_per_s"],
+        "central_train_seconds": picked["central"]["train_seconds"],
+        "central_tokens_per_s": picked["central"]["tokens_per_s"],
         "scoring_cost_ratio": cost["ratio"],
         "scoring_cost": cost,
         "targets": {
             "improvement_ratio_at_least": TARGET_RATIO, "improvement_ratio_met": bool(ratio >= TARGET_RATIO),
+            "general_ppl_drift_network_at_most": budget, "general_ppl_drift_network_met": bool(drift(net_after) <= budget),
             "scoring_cost_ratio_at_most": TARGET_SCORING, "scoring_cost_ratio_met": bool(cost["ratio"] <= TARGET_SCORING),
         },
         "tuning": ("picked on the loss of the job's validation split (records no miner or validator sees, disjoint "
-                   "from GSM8K test); GSM8K test is reported, never used to pick" if args.sweep else
+                   "from GSM8K test); GSM8K test is reported, never used to pick; each line search extends until its best "
+                   "value is interior" if args.sweep else
                    "one configuration, the defaults (the pick of an earlier --sweep) or the flags given"),
         "trials": ([{**_trial_row(t, before, central_gain), "picked": t["setting"] == s} for t in net_trials]
-                   + [{**_central_row(t, before), "picked": t["lr"] == best_central["lr"]} for t in central_trials]),
+                   + [{**_central_row(t, before), "picked": (t["lr"], t["batch_size"]) == (best_central["lr"], best_central["batch_size"])}
+                      for t in central_trials]),
         "quick": args.quick,
         "bench_seconds": time.perf_counter() - started,
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "load_avg_1m_at_end": os.getloadavg()[0]},
     }
+
+
+def batches_dp(args) -> int:
+    return args.batch_size * args.miners
 
 
 def _trial_row(t: dict, before: dict, central_gain: float) -> dict:
@@ -445,7 +571,7 @@ def _trial_row(t: dict, before: dict, central_gain: float) -> dict:
             refused[rejection.reason] = refused.get(rejection.reason, 0) + 1
     return {
         "side": "network", "stage": t["stage"], "rounds": s.rounds, "inner_steps": s.inner_steps, "lr": s.lr, "top_k": s.top_k,
-        "norm_bound": s.norm_bound, "validation_loss": after["validation_loss"], "domain_loss": after["domain_loss"],
+        "norm_bound": s.norm_bound, "guard": s.guard, "outer_lr": s.outer_lr, "outer_momentum": s.outer_momentum, "validation_loss": after["validation_loss"], "domain_loss": after["domain_loss"],
         "domain_gain": gain, "ratio_to_picked_central": gain / central_gain if central_gain > 0 else math.nan,
         "general_ppl": after["general_ppl"], "general_ppl_drift": after["general_ppl"] / before["general_ppl"] - 1,
         "choices": [e.choice for e in run["record"].rounds], "refused": refused,
@@ -455,13 +581,15 @@ def _trial_row(t: dict, before: dict, central_gain: float) -> dict:
 
 
 def _central_row(t: dict, before: dict) -> dict:
-    after = t["after"]
-    return {
-        "side": "central", "steps": t["steps"], "lr": t["lr"], "warmup_steps": t["warmup_steps"],
-        "validation_loss": after["validation_loss"], "domain_loss": after["domain_loss"],
-        "domain_gain": before["domain_loss"] - after["domain_loss"], "general_ppl": after["general_ppl"],
-        "general_ppl_drift": after["general_ppl"] / before["general_ppl"] - 1, "seconds": t["train_seconds"],
-    }
+    row = {"side": t["side"], "steps": t["steps"], "batch_size": t["batch_size"], "lr": t["lr"], "warmup_steps": t["warmup_steps"],
+           "seconds": t["train_seconds"], "curve": t["curve"]}
+    for name in ("constrained", "unconstrained"):
+        c = t[name]
+        row[name] = None if c is None else {
+            "step": c["step"], "validation_loss": c["validation_loss"], "domain_loss": c["domain_loss"],
+            "domain_gain": before["domain_loss"] - c["domain_loss"], "general_ppl": c["general_ppl"],
+            "general_ppl_drift": c["general_ppl"] / before["general_ppl"] - 1}
+    return row
 
 
 def _print(r: dict) -> None:
@@ -477,8 +605,15 @@ def _print(r: dict) -> None:
               f"{r['general_ppl_before']:8.2f} → {r[f'general_ppl_{side}']:8.2f} {100 * r[f'general_ppl_drift_{side}']:+7.2f}% "
               f"{r[f'validation_loss_{side}']:10.4f}")
     t = r["targets"]
-    print(f"improvement ratio (network ÷ central): {r['improvement_ratio']:.3f}  (target ≥ {t['improvement_ratio_at_least']}: "
-          f"{'met' if t['improvement_ratio_met'] else 'NOT met'})")
+    print(f"improvement ratio (network ÷ best central, both within the {100 * r['general_budget']['budget']:g}% budget): "
+          f"{r['improvement_ratio']:.3f}  (target ≥ {t['improvement_ratio_at_least']}: {'met' if t['improvement_ratio_met'] else 'NOT met'}); "
+          f"central picked: batch {r['central_picked']['batch_size']}, lr {r['central_picked']['lr']:g}, "
+          f"step {r['central_picked']['step']} of {r['central_picked']['steps']}")
+    print(f"  unconstrained: {r['improvement_ratio_unconstrained']:.3f}; against the data-parallel equivalent: "
+          f"{r['improvement_ratio_data_parallel']:.3f}; network drift {100 * r['general_ppl_drift_network']:+.2f}% "
+          f"(target ≤ {100 * t['general_ppl_drift_network_at_most']:g}%: {'met' if t['general_ppl_drift_network_met'] else 'NOT met'})")
+    v = r["validator_round_seconds"]
+    print(f"validator per round: {v['total']:.1f} s (" + ", ".join(f"{k} {x:.1f}" for k, x in v["phases"].items()) + ")")
     print(f"scoring one submission ÷ one evaluation pass: {r['scoring_cost_ratio']:.3f}× "
           f"({r['scoring_cost']['score_s']:.2f} s ÷ {r['scoring_cost']['eval_s']:.2f} s over {r['scoring_cost']['rows']} rows; "
           f"target ≤ {t['scoring_cost_ratio_at_most']}: {'met' if t['scoring_cost_ratio_met'] else 'NOT met'})")
@@ -495,14 +630,24 @@ def _print(r: dict) -> None:
           "critical path (miners in parallel); validator steps, last round: "
           + ", ".join(f"{k} {v:.2f}" for k, v in rounds[-1]["validator_steps"][validators[0]].items()))
     if len(r["trials"]) > 2:
-        print("trials (* picked, on validation loss; GSM8K test shown, not used to pick; ratio: gain ÷ the picked central's):")
+        print("trials (* picked, on validation loss; GSM8K test shown, not used to pick):")
         for t in r["trials"]:
-            what = (f"network R={t['rounds']} H={t['inner_steps']} lr={t['lr']:g} top-k={t['top_k']} bound={t['norm_bound']:g}"
-                    if t["side"] == "network" else f"central {t['steps']} steps lr={t['lr']:g}")
-            ratio = f"  ratio {t['ratio_to_picked_central']:.3f}" if t["side"] == "network" else ""
-            print(f"  {'*' if t['picked'] else ' '} {what:50s} validation {t['validation_loss']:.4f}  test {t['domain_loss']:.4f} "
-                  f"(gain {t['domain_gain']:.4f}{ratio})  ppl {t['general_ppl']:7.2f} ({100 * t['general_ppl_drift']:+.1f}%)"
-                  + (f"  refused {t['refused']}" if t.get("refused") else ""))
+            if t["side"] == "network":
+                what = (f"network R={t['rounds']} H={t['inner_steps']} lr={t['lr']:g} top-k={t['top_k']} outer "
+                        f"{t['outer_lr']:g}/{t['outer_momentum']:g}{'' if t['guard'] else ' unconstrained'}")
+                print(f"  {'*' if t['picked'] else ' '} {what:58s} validation {t['validation_loss']:.4f}  test {t['domain_loss']:.4f} "
+                      f"(gain {t['domain_gain']:.4f})  ppl {t['general_ppl']:7.2f} ({100 * t['general_ppl_drift']:+.1f}%)"
+                      + (f"  refused {t['refused']}" if t.get("refused") else ""))
+                continue
+            for name in ("constrained", "unconstrained"):
+                c = t[name]
+                what = f"{t['side']} b={t['batch_size']} lr={t['lr']:g} {name}"
+                if c is None:
+                    print(f"    {what:58s} no checkpoint within the budget")
+                    continue
+                print(f"  {'*' if t['picked'] and name == 'constrained' else ' '} {what:58s} validation {c['validation_loss']:.4f}  "
+                      f"test {c['domain_loss']:.4f} (gain {c['domain_gain']:.4f})  ppl {c['general_ppl']:7.2f} "
+                      f"({100 * c['general_ppl_drift']:+.1f}%) at step {c['step']}/{t['steps']}")
     print(f"torch threads {r['machine']['torch_threads']}, load average {r['machine']['load_avg_1m_at_end']:.1f}; "
           f"bench {r['bench_seconds'] / 60:.1f} min")
 

@@ -76,7 +76,7 @@ class JobSpec(BaseModel):
     norm_bound: float = Field(gt=0)  # a delta's global L2 norm may be at most this × the current experts' norm
     significance: float = Field(0.05, gt=0, lt=1)  # a Proof-of-Loss gain counts only at p below this (paired t-test over rows)
     evidence_rows: int = Field(64, ge=0)  # own-shard and control rows per submission for the shard evidence; 0: none asked
-    evidence_significance: float = Field(0.2, gt=0, le=1)  # the own-shard evidence must be significant at this level
+    evidence_significance: float = Field(0.1, gt=0, le=1)  # the own-shard evidence must be significant at this level
     general_rows: int = Field(32, ge=0)  # rows of the general reference set (WikiText-2 validation) the guard scores; 0: no guard
     general_budget: float = Field(0.02, ge=0)  # adopted states keep general perplexity within (1 + this) × the base model's
     backtrack: int = Field(4, ge=0)  # halvings of a candidate update's scale tried before it is dropped

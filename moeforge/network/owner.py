@@ -81,7 +81,7 @@ class JobRequest(BaseModel):
     norm_bound: float = Field(1.0, gt=0)  # × the current experts' global L2 norm
     significance: float = Field(0.05, gt=0, lt=1)
     evidence_rows: int = Field(64, ge=0)
-    evidence_significance: float = Field(0.2, gt=0, le=1)
+    evidence_significance: float = Field(0.1, gt=0, le=1)
     general_rows: int = Field(32, ge=0)
     general_budget: float = Field(0.02, ge=0)
     backtrack: int = Field(4, ge=0)

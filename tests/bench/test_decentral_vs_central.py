@@ -12,7 +12,9 @@ pytestmark = pytest.mark.slow
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "decentral_vs_central.py"
 REQUIRED = ("improvement_ratio", "general_ppl_drift_central", "general_ppl_drift_network", "miners", "rounds",
-            "round_seconds", "scoring_cost_ratio", "train_tokens_central", "train_tokens_network", "trials", "machine")
+            "round_seconds", "scoring_cost_ratio", "train_tokens_central", "train_tokens_network", "trials", "machine",
+            "improvement_ratio_unconstrained", "improvement_ratio_data_parallel", "outer_optimizer", "general_budget",
+            "validator_round_seconds")
 
 
 def _bench():
@@ -38,7 +40,7 @@ def test_the_quick_run_writes_every_required_figure_and_returns_what_it_wrote(qu
 
 def test_every_headline_figure_is_finite(quick):
     _, r = quick
-    for key in ("improvement_ratio", "general_ppl_drift_central", "general_ppl_drift_network", "scoring_cost_ratio",
+    for key in ("improvement_ratio", "improvement_ratio_unconstrained", "improvement_ratio_data_parallel", "general_ppl_drift_central", "general_ppl_drift_network", "scoring_cost_ratio",
                 "domain_loss_before", "domain_loss_central", "domain_loss_network"):
         assert math.isfinite(r[key]), key
     assert r["scoring_cost_ratio"] > 0
@@ -61,3 +63,28 @@ def test_each_round_reports_its_phases_and_a_critical_path_no_longer_than_the_se
         assert 0 < row["critical_path_s"] <= row["total_s"]
         assert all(row["validator_steps"].values())
     assert r["machine"]["torch_threads"] >= 1
+
+
+def test_central_early_stopping_picks_the_best_validation_checkpoint_and_the_constrained_one_within_the_budget(quick):
+    _, r = quick
+    limit = r["general_val_loss_before"] + math.log1p(r["general_budget"]["budget"])
+    central = [t for t in r["trials"] if t["side"] != "network"]
+    assert {t["side"] for t in central} == {"central", "data_parallel"}
+    for t in central:
+        by_step = {c["step"]: c for c in t["curve"]}
+        assert max(by_step) == t["steps"]
+        assert t["unconstrained"]["validation_loss"] == min(c["validation_loss"] for c in t["curve"])
+        fits = [c for c in t["curve"] if c["general_val_loss"] <= limit]
+        if t["constrained"] is None:
+            assert not fits
+        else:
+            assert by_step[t["constrained"]["step"]]["general_val_loss"] <= limit
+            assert t["constrained"]["validation_loss"] == min(c["validation_loss"] for c in fits)
+    dp = next(t for t in central if t["side"] == "data_parallel")
+    assert dp["batch_size"] == r["batch_size"] * r["miners"] and dp["steps"] == r["rounds"] * r["inner_steps"]
+
+
+def test_the_validator_round_cost_counts_every_pass(quick):
+    _, r = quick
+    v = r["validator_round_seconds"]
+    assert {"score", "evidence", "merge"} <= set(v["phases"]) and v["total"] == pytest.approx(sum(v["phases"].values()))
