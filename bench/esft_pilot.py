@@ -7,6 +7,15 @@ after, trainable share, training speed and peak memory. Then builds the three mi
 modes, reports their bytes (exact on the testbed, computed for DeepSeek-V2-Lite) and fidelity.
 Prints a table and writes bench/results/esft_pilot.json.
 
+Each method is also held to the network's general-drift budget (2% perplexity on the first 32
+rows of WikiText-2 validation, the network guard's rows; WikiText-2 test reports): its run is
+evaluated at `--checkpoints` points, and its `constrained` entry is the best checkpoint on the
+validation split (GSM8K train records held out from training) whose general loss fits the
+budget, at the learning rate a line search on that same objective picked (doubling or halving
+from the method's default until the best value is interior). The unconstrained rows are the
+final states at the default learning rates, as before. A PNG (`--plot`) shows each method's
+domain gain against its drift along its checkpoints, at the picked learning rate.
+
     .venv/bin/python bench/esft_pilot.py [--preset default] [--train-tokens 300000] [--quick]
 """
 
@@ -21,8 +30,11 @@ from transformers import AutoTokenizer
 from moeforge.data.corpora import load_corpus
 from moeforge.data.formatting import encode_records
 from moeforge.data.packing import pack_examples
-from moeforge.eval.domain import domain_loss
-from moeforge.eval.general import general_perplexity
+import math
+
+from moeforge.eval.domain import domain_loss, rows_loss
+from moeforge.eval.general import general_perplexity, general_reference_rows
+from moeforge.network.owner import JobRequest
 from moeforge.extract.package import MODES, held_bytes, plan_memory, reduce_for_mode, slice_bytes
 from moeforge.model.fingerprint import model_fingerprint
 from moeforge.model.load import load_model
@@ -43,7 +55,10 @@ from harness.overhead import profiling_overhead
 from harness.baselines import train_full, train_lora
 
 RESULTS = Path(__file__).parent / "results" / "esft_pilot.json"
-QUICK = {"preset": "small", "profile_tokens": 4096, "train_tokens": 8192, "eval_tokens": 2048, "batch_size": 4}
+QUICK = {"preset": "small", "profile_tokens": 4096, "train_tokens": 8192, "eval_tokens": 2048, "batch_size": 4, "checkpoints": 2,
+         "val_records": 32}
+PLOT = Path(__file__).parent / "results" / "esft_pilot_tradeoff.png"
+MAX_MOVES = 8  # line-search steps in one direction: a bound on a runaway, not a grid edge
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,6 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--coverage", type=float, default=0.9)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--plot", type=Path, default=PLOT, help="the gain-against-drift PNG")
+    parser.add_argument("--checkpoints", type=int, default=8, help="evaluations along each run, for early stopping")
+    parser.add_argument("--val-records", type=int, default=200, help="GSM8K train records held out as the validation split")
     parser.add_argument("--quick", action="store_true", help=f"a tiny configuration for a smoke run: {QUICK}")
     args = parser.parse_args(argv)
     if args.quick:
@@ -76,10 +94,23 @@ def main(argv: list[str] | None = None) -> dict:
     seq_len = cfg.seq_len
     train_records, test_records = load_corpus("math", "train"), load_corpus("math", "test")
 
+    train_records, val_records = train_records[: -args.val_records], train_records[-args.val_records:]
+    val = pack_examples(encode_records(val_records, tokenizer), seq_len, tokenizer.pad_token_id)
+    guard_ids, guard_labels = general_reference_rows(tokenizer, seq_len=seq_len, rows=JobRequest.model_fields["general_rows"].default)
+    budget = JobRequest.model_fields["general_budget"].default
+
     def evaluate(model) -> dict:
         d = domain_loss(model, tokenizer, test_records, seq_len=seq_len, max_tokens=args.eval_tokens)
         g = general_perplexity(model, tokenizer, seq_len=seq_len, max_tokens=args.eval_tokens)
         return {"domain_loss": d.loss, "general_ppl": g.perplexity}
+
+    def evaluate_checkpoint(model) -> dict:
+        training = model.training
+        try:
+            return {**evaluate(model), "validation_loss": rows_loss(model, val.input_ids, val.labels, batch_size=8).loss,
+                    "general_val_loss": rows_loss(model, guard_ids, guard_labels, batch_size=8).loss}
+        finally:
+            model.train(training)
 
     # 1. profile and select
     started = time.perf_counter()
@@ -103,23 +134,64 @@ def main(argv: list[str] | None = None) -> dict:
         return TrainConfig(lr=lr, tokens=args.train_tokens, batch_size=args.batch_size, warmup_steps=5,
                            weight_decay=0.0, checkpoint_every=0, seed=0)
 
-    methods, deltas = {}, {}
-    for name, selection in selections.items():
-        slots = selection.slots()
-        delta, result = train_experts(base, slots, packed, train_cfg(args.esft_lr), base_fingerprint=fingerprint)
-        apply_slice(base, delta)
-        after = evaluate(base)
-        remove_delta(base, delta)
-        deltas[name] = delta
-        methods[name] = _row(before, after, result, total_params, experts=len(slots))
-    model = load_model(base_dir)
-    result = train_full(model, packed, train_cfg(args.fft_lr))
-    methods["fft"] = _row(before, evaluate(model), result, total_params)
-    del model
-    model = load_model(base_dir)
-    model, result = train_lora(model, packed, train_cfg(args.lora_lr), rank=8, target_experts=True)
-    methods["lora"] = _row(before, evaluate(model), result, total_params)
-    del model
+    general_val_base = rows_loss(base, guard_ids, guard_labels, batch_size=8).loss
+
+    def run_method(name: str, lr: float) -> dict:
+        """One training run of `name` at `lr`, evaluated along the way: (result, curve of checkpoints, delta or None)."""
+        cfg = train_cfg(lr)
+        curve: list[dict] = []
+
+        def on_step(model):
+            def callback(info):
+                if info.step % max(1, info.steps // args.checkpoints) == 0 or info.step == info.steps:
+                    curve.append({"step": info.step, **evaluate_checkpoint(model)})
+            return callback
+
+        delta = None
+        if name in selections:
+            delta, result = train_experts(base, selections[name].slots(), packed, cfg, base_fingerprint=fingerprint,
+                                          on_step=on_step(base))
+        elif name == "fft":
+            model = load_model(base_dir)
+            result = train_full(model, packed, cfg, on_step=on_step(model))
+            del model
+        else:
+            model = load_model(base_dir)
+            _, result = train_lora(model, packed, cfg, rank=8, target_experts=True, on_step=on_step(model))
+            del model
+        fits = [c for c in curve if c["general_val_loss"] <= general_val_base + math.log1p(budget)]
+        best = min(fits, key=lambda c: c["validation_loss"]) if fits else None
+        return {"lr": lr, "result": result, "curve": curve, "delta": delta, "constrained": best,
+                "loss": best["validation_loss"] if best else math.inf}
+
+    default_lr = {"esft_token": args.esft_lr, "esft_gate": args.esft_lr, "random": args.esft_lr, "fft": args.fft_lr, "lora": args.lora_lr}
+    methods, deltas, tradeoff = {}, {}, {}
+    for name, lr in default_lr.items():
+        cache: dict[float, dict] = {}
+
+        def trial(x: float, name=name, cache=cache) -> dict:
+            if x not in cache:
+                print(f"{name}: lr {x:g}", flush=True)
+                cache[x] = run_method(name, x)
+            return cache[x]
+
+        first = trial(lr)
+        if name in selections:
+            deltas[name] = first["delta"]
+        # the unconstrained row: the final state at the default learning rate, as before (the curve's last checkpoint)
+        final = first["curve"][-1]
+        methods[name] = _row(before, final, first["result"], total_params,
+                             experts=len(selections[name].slots()) if name in selections else None)
+        best = _line_search(trial, lr) if not args.quick else first
+        c = best["constrained"]
+        methods[name]["constrained"] = None if c is None else {
+            "lr": best["lr"], "step": c["step"], "steps": best["curve"][-1]["step"], "validation_loss": c["validation_loss"],
+            "domain_loss_after": c["domain_loss"], "general_ppl_after": c["general_ppl"],
+            "general_ppl_drift": c["general_ppl"] / before["general_ppl"] - 1,
+            "general_val_drift": math.exp(c["general_val_loss"] - general_val_base) - 1,
+            "lrs_tried": sorted(cache)}
+        tradeoff[name] = [{"step": p["step"], "domain_gain": before["domain_loss"] - p["domain_loss"],
+                           "general_ppl_drift": p["general_ppl"] / before["general_ppl"] - 1} for p in best["curve"]]
 
     # 3. miner memory modes, training the ESFT-Token experts
     slots = selections["esft_token"].slots()
@@ -172,9 +244,58 @@ def main(argv: list[str] | None = None) -> dict:
         "esft_gate_share_of_fft_gain": (methods["esft_gate"]["domain_loss_before"] - methods["esft_gate"]["domain_loss_after"]) / fft_gain,
         "memory_modes": memory_modes,
         "learning_rates": {"esft": args.esft_lr, "fft": args.fft_lr, "lora": args.lora_lr},
+        "general_budget": {"budget": budget, "reference": "WikiText-2 validation, the network guard's rows",
+                           "validation": f"the last {args.val_records} GSM8K train records, held out from training"},
+        "constrained_esft_token_vs_fft": _constrained_gap(methods),
+        "tradeoff": tradeoff,
+        "tradeoff_plot": _plot(tradeoff, args.plot),
     }
     _print(result)
     return run.write(args.results, result)
+
+
+def _line_search(trial, start: float) -> dict:
+    """Double, else halve, the lr while the constrained validation loss improves; stops where the best is interior."""
+    best = trial(start)
+    for factor in (2.0, 0.5):
+        moved = False
+        for _ in range(MAX_MOVES):
+            got = trial(best["lr"] * factor)
+            if got["loss"] >= best["loss"]:
+                break
+            best, moved = got, True
+        if moved:
+            break
+    return best
+
+
+def _constrained_gap(methods: dict) -> dict | None:
+    """ESFT-Token's constrained domain gain against full fine-tuning's (the issue's target: at least equal)."""
+    token, fft = methods["esft_token"].get("constrained"), methods["fft"].get("constrained")
+    if token is None or fft is None:
+        return None
+    before = methods["esft_token"]["domain_loss_before"]
+    gain_token, gain_fft = before - token["domain_loss_after"], before - fft["domain_loss_after"]
+    return {"esft_token_gain": gain_token, "fft_gain": gain_fft, "met": bool(gain_token >= gain_fft)}
+
+
+def _plot(tradeoff: dict, path: Path) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for name, points in tradeoff.items():
+        axes.plot([100 * p["general_ppl_drift"] for p in points], [p["domain_gain"] for p in points], marker="o", label=name)
+    axes.axvline(2.0, color="grey", linestyle="--", linewidth=1)
+    axes.set_xlabel("WikiText-2 test perplexity drift (%)")
+    axes.set_ylabel("GSM8K test loss gain (nats)")
+    axes.set_title("domain gain against general drift along each run (picked lr)")
+    axes.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return str(path.name)
 
 
 def _row(before: dict, after: dict, result, total_params: int, experts: int | None = None) -> dict:
@@ -196,6 +317,12 @@ def _row(before: dict, after: dict, result, total_params: int, experts: int | No
 
 
 def _print(r: dict) -> None:
+    print(f"within the {100 * r['general_budget']['budget']:g}% general budget (early stopping on validation, lr searched):")
+    for name, m in r["methods"].items():
+        c = m.get("constrained")
+        print(f"  {name:11s} " + ("no checkpoint within the budget" if c is None else
+              f"lr {c['lr']:g} step {c['step']}/{c['steps']}: domain loss {c['domain_loss_after']:.3f}, "
+              f"general ppl {c['general_ppl_after']:.2f} ({100 * c['general_ppl_drift']:+.2f}%)"))
     print(f"profiling: {r['profile_tokens']:,} tokens in {r['profile_seconds']:.1f} s; overhead ×{r['profiling_overhead']:.3f} "
           f"(×{r['profiling_overhead_with_saliency']:.3f} with REAP saliency)")
     print(f"{'method':11s} {'domain loss':>17s} {'general ppl':>19s} {'drift':>7s} {'trained':>8s} {'tok/s':>8s} {'peak MB':>8s}")
