@@ -80,6 +80,7 @@ TARGET_RATIO = 0.98  # network's domain-loss improvement ÷ centralised ESFT's, 
 TARGET_SCORING = 1.2  # seconds to score one submission ÷ one evaluation pass, at most
 OUTER_CANDIDATES = ((1.0, 0.5),)  # (outer lr, momentum) tried against plain averaging; DiLoCo's 0.7/0.9 drifted +140% for no
 # gain in an unconstrained run on this testbed before the guard existed
+GENERAL_MIX_CANDIDATES = (0.125, 0.25)
 MAX_MOVES = 8  # steps of a line search in one direction, a bound on a runaway, not a grid edge
 CENTRAL_CHECKPOINTS = 16  # evaluations along a central run, for early stopping
 
@@ -97,10 +98,11 @@ class NetSetting:
     guard: bool = True  # the job's general-drift guard (JobRequest's general_rows and general_budget); False: unconstrained
     outer_lr: float = 1.0  # the outer optimizer; 1 and 0 is plain averaging (JobRequest's default)
     outer_momentum: float = 0.0
+    general_mix: float = 0.0  # share of each miner's shard replaced by general text (JobRequest.general_mix)
 
     def label(self) -> str:
         return (f"R={self.rounds} H={self.inner_steps} lr={self.lr:g} top-k={self.top_k} norm bound={self.norm_bound:g} "
-                f"outer {self.outer_lr:g}/{self.outer_momentum:g} {'guarded' if self.guard else 'unconstrained'}")
+                f"outer {self.outer_lr:g}/{self.outer_momentum:g} mix {self.general_mix:g} {'guarded' if self.guard else 'unconstrained'}")
 
 
 def line_search(trial, start, up, down, *, key: str = "loss") -> dict:
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scoring-reps", type=int, default=5)
     parser.add_argument("--sweep", action="store_true", help="run the tuning trials and report the pair picked on validation")
     parser.add_argument("--knobs", default="lr,outer", help="what --sweep tunes on the network, comma-separated, of "
-                        "lr, inner_steps, top_k, outer, lr_unconstrained (the central side's lr is always tuned, at two batch "
+                        "lr, inner_steps, top_k, outer, general_mix, lr_unconstrained (the central side's lr is always tuned, at two batch "
                         "sizes, with early stopping)")
     parser.add_argument("--unconstrained", action="store_true", help="without --sweep, also run the network without its guard")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration for a smoke run")
@@ -240,6 +242,12 @@ def main(argv: list[str] | None = None) -> dict:
                 got = network_trial(replace(best_net["setting"], outer_lr=outer_lr, outer_momentum=momentum))
                 if got["loss"] < best_net["loss"]:
                     best_net = got
+        if "general_mix" in knobs:  # replay mixing: a share of general text in every miner's shard
+            stage[0] = "general_mix"
+            for mix in GENERAL_MIX_CANDIDATES:
+                got = network_trial(replace(best_net["setting"], general_mix=mix))
+                if got["loss"] < best_net["loss"]:
+                    best_net = got
         best_free = network_trial(replace(best_net["setting"], guard=False)) if args.sweep or args.unconstrained else None
         if best_free is not None and "lr_unconstrained" in knobs:
             best_free = knob(best_free, "lr", lambda v: v * 2, lambda v: v / 2)
@@ -306,7 +314,7 @@ def _run_network(args, s: NetSetting, base_dir: Path, records, modes: list[str],
         job_id=JOB_ID, base_model=str(base_dir), domain="math", rounds=s.rounds, inner_steps=s.inner_steps,
         train=TrainConfig(lr=s.lr, batch_size=args.batch_size, warmup_steps=s.warmup_steps, weight_decay=0.0, checkpoint_every=0),
         top_k=s.top_k, norm_bound=s.norm_bound, profile_tokens=args.profile_tokens, score_rows=args.score_rows, merge_rows=args.merge_rows,
-        report_rows=args.report_rows, outer_lr=s.outer_lr, outer_momentum=s.outer_momentum,
+        report_rows=args.report_rows, outer_lr=s.outer_lr, outer_momentum=s.outer_momentum, general_mix=s.general_mix,
         **({} if s.guard else {"general_rows": 0}),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -571,7 +579,8 @@ def _trial_row(t: dict, before: dict, central_gain: float) -> dict:
             refused[rejection.reason] = refused.get(rejection.reason, 0) + 1
     return {
         "side": "network", "stage": t["stage"], "rounds": s.rounds, "inner_steps": s.inner_steps, "lr": s.lr, "top_k": s.top_k,
-        "norm_bound": s.norm_bound, "guard": s.guard, "outer_lr": s.outer_lr, "outer_momentum": s.outer_momentum, "validation_loss": after["validation_loss"], "domain_loss": after["domain_loss"],
+        "norm_bound": s.norm_bound, "guard": s.guard, "outer_lr": s.outer_lr, "outer_momentum": s.outer_momentum,
+        "general_mix": s.general_mix, "validation_loss": after["validation_loss"], "domain_loss": after["domain_loss"],
         "domain_gain": gain, "ratio_to_picked_central": gain / central_gain if central_gain > 0 else math.nan,
         "general_ppl": after["general_ppl"], "general_ppl_drift": after["general_ppl"] / before["general_ppl"] - 1,
         "choices": [e.choice for e in run["record"].rounds], "refused": refused,

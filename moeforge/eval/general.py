@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from moeforge.data.corpora import load_corpus
+from moeforge.errors import ConfigError
 from moeforge.eval.domain import LossResult, packed_rows, rows_loss
 
 if TYPE_CHECKING:
@@ -38,6 +39,16 @@ def general_perplexity(
     result = rows_loss(model, input_ids, labels, batch_size=batch_size, on_batch=on_batch)
     log.debug("WikiText-2 test: loss %.4f, perplexity %.2f over %d tokens", result.loss, result.perplexity, result.tokens)
     return result
+
+
+def general_mix_rows(tokenizer: "PreTrainedTokenizerBase", *, seq_len: int, skip_rows: int) -> tuple:
+    """(input_ids, labels) of WikiText-2 validation past its first `skip_rows` rows (the guard's): the general text a
+    job's miners may mix into their training (JobSpec.general_mix), never the rows the guard or the report score."""
+    input_ids, labels = packed_rows(tokenizer, load_corpus(GENERAL_CORPUS, "train"), seq_len=seq_len)
+    if input_ids.shape[0] <= skip_rows:
+        raise ConfigError(f"WikiText-2 validation has {input_ids.shape[0]} rows of {seq_len} tokens, none past the guard's "
+                          f"first {skip_rows} to mix into training; lower general_rows or general_mix.")
+    return input_ids[skip_rows:], labels[skip_rows:]
 
 
 def general_reference_rows(tokenizer: "PreTrainedTokenizerBase", *, seq_len: int, rows: int) -> tuple:

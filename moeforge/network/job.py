@@ -78,6 +78,8 @@ class JobSpec(BaseModel):
     evidence_rows: int = Field(64, ge=0)  # own-shard and control rows per submission for the shard evidence; 0: none asked
     evidence_significance: float = Field(0.1, gt=0, le=1)  # the own-shard evidence must be significant at this level
     general_rows: int = Field(32, ge=0)  # rows of the general reference set (WikiText-2 validation) the guard scores; 0: no guard
+    general_mix: float = Field(0.0, ge=0, lt=1)  # share of a miner's shard rows replaced by general text (WikiText-2
+    # validation past the guard's rows); 0: none
     general_budget: float = Field(0.02, ge=0)  # adopted states keep general perplexity within (1 + this) × the base model's
     backtrack: int = Field(4, ge=0)  # halvings of a candidate update's scale tried before it is dropped
     outer_lr: float = Field(1.0, gt=0, le=4)  # the outer optimizer (outer.py); lr 1, momentum 0 is plain averaging
@@ -105,6 +107,8 @@ class JobSpec(BaseModel):
         if self.shard_rows < self.train.rows_per_step:
             problems.append(f"{self.shard_passes} passes over the shard leave {self.shard_rows} rows, fewer than one step's "
                             f"{self.train.rows_per_step}; lower shard_passes to at most inner_steps ({self.inner_steps})")
+        if self.general_mix and round(self.shard_rows * self.general_mix) >= self.shard_rows:
+            problems.append(f"general_mix {self.general_mix:g} leaves no domain rows in a shard of {self.shard_rows}")
         if self.shard_rows > self.train_rows:
             problems.append(f"a miner's shard of {self.shard_rows} rows exceeds the {self.train_rows} train rows")
         if not self.experts or any(not ids for ids in self.experts.values()):
@@ -125,6 +129,11 @@ class JobSpec(BaseModel):
         More passes over fewer rows leave a clearer mark of the shard on the delta (evidence.py) at
         the same compute, for less data diversity per round."""
         return -(-self.inner_steps * self.train.rows_per_step // self.shard_passes)
+
+    @property
+    def general_mix_rows(self) -> int:
+        """Rows of general text in a miner's shard each round (the rest are its domain rows)."""
+        return round(self.shard_rows * self.general_mix)
 
     @property
     def last_round(self) -> int:

@@ -6,7 +6,9 @@ DESIGN.md "The network", steps 2–4. One round, top to bottom (`run_miner`):
    validator stake backed, `state.base_state`), load the base model, write that state into it,
    reduce the model to the miner's memory mode (`full`, `quantized` or `subset`,
    `extract.package`), and train H inner steps on `miner_shard(job, round, hotkey)` with the
-   expert-only trainer → the exact delta, packed and signed (`transport.pack`);
+   expert-only trainer (with the job's `general_mix`, that share of the shard's rows replaced by
+   general text drawn for this miner and round from WikiText-2 validation past the guard's rows)
+   → the exact delta, packed and signed (`transport.pack`);
 2. `Miner.commit`: `sha256(delta digest ‖ hotkey ‖ round)` on chain, if it lands by the commit deadline;
 3. wait for the commit deadline; `Miner.reveal`: upload the delta to the store, post its address.
 
@@ -26,8 +28,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from moeforge.atomic import write_bytes
 from moeforge.chain.protocol import Chain, not_registered, wait_for_block
+from moeforge.data.formatting import IGNORE_INDEX
+from moeforge.data.packing import Packed
 from moeforge.errors import ChainError, ConfigError, PayloadError
 from moeforge.extract.package import MODES, MinerMode, reduce_for_mode
 from moeforge.model.device import resolve_device
@@ -84,6 +90,7 @@ class Miner:
         self.on_step = on_step
         self.device = resolve_device(ctx.device)  # where the miner trains; a bad --device fails before any work
         self._rows = None  # the job's train rows, fetched once
+        self._general = None  # the general text to mix in (job.general_mix), tokenized once
 
     def prepare(self, r: int) -> Prepared:
         """Train round r's delta from the round's base state; pack and sign it."""
@@ -94,9 +101,10 @@ class Miner:
         with self.observer.phase("load", timings):
             model = self._model_holding(ref)
         indices = miner_shard(rows.input_ids.shape[0], self.job.job_id, r, self.hotkey, self.job.shard_rows)
+        data = self._with_general(shard(rows, indices[: self.job.shard_rows - self.job.general_mix_rows]), r)
         with self.observer.phase("train", timings):
             delta, result = train_experts(
-                model, self.job.slots, shard(rows, indices), self.job.miner_train_config(),
+                model, self.job.slots, data, self.job.miner_train_config(),
                 base_fingerprint=self.job.base_fingerprint, on_step=self._on_step,
             )
         del model
@@ -222,6 +230,23 @@ class Miner:
             data = self.store.get(self.job.train_data)
             self._rows = decode_train_rows(data, seq_len=self.job.seq_len, rows=self.job.train_rows)
         return self._rows
+
+    def _with_general(self, domain: Packed, r: int) -> Packed:
+        """The round's domain rows plus `general_mix_rows` rows of general text drawn for this miner and round."""
+        n = self.job.general_mix_rows
+        if not n:
+            return domain
+        if self._general is None:
+            from transformers import AutoTokenizer
+
+            from moeforge.eval.general import general_mix_rows
+
+            tokenizer = AutoTokenizer.from_pretrained(self.job.base_model)
+            self._general = general_mix_rows(tokenizer, seq_len=self.job.seq_len, skip_rows=self.job.general_rows)
+        ids, labels = self._general
+        index = torch.as_tensor(miner_shard(ids.shape[0], self.job.job_id + "/general", r, self.hotkey, n), dtype=torch.long)
+        ids, labels = torch.cat([domain.input_ids, ids[index]]), torch.cat([domain.labels, labels[index]])
+        return Packed(input_ids=ids, labels=labels, n_tokens=int(ids.numel()), n_loss_tokens=int((labels != IGNORE_INDEX).sum()))
 
     def _model_holding(self, ref: StateRef):
         """The base model with the round's state written in, reduced to this miner's memory mode."""

@@ -83,6 +83,7 @@ class JobRequest(BaseModel):
     evidence_rows: int = Field(64, ge=0)
     evidence_significance: float = Field(0.1, gt=0, le=1)
     general_rows: int = Field(32, ge=0)
+    general_mix: float = Field(0.0, ge=0, lt=1)
     general_budget: float = Field(0.02, ge=0)
     backtrack: int = Field(4, ge=0)
     outer_lr: float = Field(1.0, gt=0, le=4)
@@ -300,7 +301,7 @@ def _spec(req: JobRequest, **fields) -> JobSpec:
             job_id=req.job_id, base_model=str(Path(req.base_model).resolve()), domain=req.domain,
             split=SplitSpec(validation=req.validation, heldout=req.heldout), rounds=req.rounds, block_seconds=req.block_seconds,
             inner_steps=req.inner_steps, shard_passes=req.shard_passes, train=req.train, norm_bound=req.norm_bound, significance=req.significance,
-            evidence_rows=req.evidence_rows, evidence_significance=req.evidence_significance, general_rows=req.general_rows,
+            evidence_rows=req.evidence_rows, evidence_significance=req.evidence_significance, general_rows=req.general_rows, general_mix=req.general_mix,
             general_budget=req.general_budget, backtrack=req.backtrack, outer_lr=req.outer_lr, outer_momentum=req.outer_momentum,
             top_k=req.top_k, merge_margin=req.merge_margin, score_rows=score_rows, merge_rows=merge_rows,
             eval_batch_rows=req.eval_batch_rows, **fields,

@@ -110,3 +110,42 @@ def test_a_miner_restarted_too_late_to_reveal_gives_the_round_up_without_reveali
     take_part(miner, 0, poll_s=0.01)
     assert [e["event"] for e in read_events(tmp_path / "miner")][-1] == "skipped"
     assert not miner.store.exists(prepared.digest) and not (tmp_path / "miner" / "pending" / "0.delta").exists()
+
+
+def test_general_mix_replaces_that_share_of_the_shard_with_general_text_the_guard_never_scores(small_testbed):
+    from transformers import AutoTokenizer
+
+    from moeforge.eval.general import general_mix_rows, general_reference_rows
+    from tests.network.conftest import make_job
+
+    job = make_job(general_mix=0.25, shard_passes=1)
+    assert job.general_mix_rows == round(0.25 * job.shard_rows) and make_job().general_mix_rows == 0
+    with pytest.raises(ValueError, match="leaves no domain rows"):
+        make_job(general_mix=0.99)
+    tokenizer = AutoTokenizer.from_pretrained(str(small_testbed[1]))
+    guard, _ = general_reference_rows(tokenizer, seq_len=64, rows=32)
+    pool, _ = general_mix_rows(tokenizer, seq_len=64, skip_rows=32)
+    guard_rows = {tuple(r.tolist()) for r in guard}
+    assert pool.shape[0] > 0 and not any(tuple(r.tolist()) in guard_rows for r in pool)
+
+
+def test_a_miner_with_general_mix_trains_on_its_domain_rows_plus_general_rows_of_its_own(tmp_path, small_testbed):
+    import torch
+
+    from moeforge.data.packing import Packed
+
+    chain = LocalChain(tmp_path / "chain.sqlite", block_seconds=0)
+    keys = [MINER, keypair_from_uri("//moeforge/miner/1")]
+    job = make_job(general_mix=0.25, base_model=str(small_testbed[1]), seq_len=64)
+    miners = []
+    for key in keys:
+        chain.register(key.ss58_address)
+        miners.append(Miner(RoleContext(chain, LocalStore(tmp_path / "store"), key, run_dir=tmp_path / key.ss58_address), job=job))
+    ids = torch.arange(6 * 64).reshape(6, 64)
+    domain = Packed(input_ids=ids, labels=ids.clone(), n_tokens=ids.numel(), n_loss_tokens=ids.numel())
+    mixed = [m._with_general(domain, 0) for m in miners]
+    n = job.general_mix_rows
+    for got in mixed:
+        assert got.input_ids.shape[0] == 6 + n and torch.equal(got.input_ids[:6], ids) and got.n_tokens == got.input_ids.numel()
+    assert not torch.equal(mixed[0].input_ids[6:], mixed[1].input_ids[6:])  # each miner draws its own
+    assert torch.equal(miners[0]._with_general(domain, 0).input_ids, mixed[0].input_ids)  # deterministically
