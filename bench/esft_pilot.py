@@ -12,7 +12,8 @@ rows of WikiText-2 validation, the network guard's rows; WikiText-2 test reports
 evaluated at `--checkpoints` points, and its `constrained` entry is the best checkpoint on the
 validation split (GSM8K train records held out from training) whose general loss fits the
 budget, at the learning rate a line search on that same objective picked (doubling or halving
-from the method's default until the best value is interior). The unconstrained rows are the
+from the method's default until the best value is interior) for the methods `--search` names, at
+the default learning rate for the others (`lr_searched` says which). The unconstrained rows are the
 final states at the default learning rates, as before. A PNG (`--plot`) shows each method's
 domain gain against its drift along its checkpoints, at the picked learning rate.
 
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, default=PLOT, help="the gain-against-drift PNG")
     parser.add_argument("--checkpoints", type=int, default=8, help="evaluations along each run, for early stopping")
+    parser.add_argument("--search", default="esft_token,esft_gate,random,fft,lora",
+                        help="methods whose lr is line-searched for the constrained entry (the others: early stopping at the default lr)")
     parser.add_argument("--val-records", type=int, default=200, help="GSM8K train records held out as the validation split")
     parser.add_argument("--quick", action="store_true", help=f"a tiny configuration for a smoke run: {QUICK}")
     args = parser.parse_args(argv)
@@ -182,14 +185,14 @@ def main(argv: list[str] | None = None) -> dict:
         final = first["curve"][-1]
         methods[name] = _row(before, final, first["result"], total_params,
                              experts=len(selections[name].slots()) if name in selections else None)
-        best = _line_search(trial, lr) if not args.quick else first
+        best = _line_search(trial, lr) if not args.quick and name in args.search.split(",") else first
         c = best["constrained"]
         methods[name]["constrained"] = None if c is None else {
             "lr": best["lr"], "step": c["step"], "steps": best["curve"][-1]["step"], "validation_loss": c["validation_loss"],
             "domain_loss_after": c["domain_loss"], "general_ppl_after": c["general_ppl"],
             "general_ppl_drift": c["general_ppl"] / before["general_ppl"] - 1,
             "general_val_drift": math.exp(c["general_val_loss"] - general_val_base) - 1,
-            "lrs_tried": sorted(cache)}
+            "lrs_tried": sorted(cache), "lr_searched": name in args.search.split(",") and not args.quick}
         tradeoff[name] = [{"step": p["step"], "domain_gain": before["domain_loss"] - p["domain_loss"],
                            "general_ppl_drift": p["general_ppl"] / before["general_ppl"] - 1} for p in best["curve"]]
 
