@@ -21,7 +21,9 @@ BENCHES = sorted(p.stem for p in (BENCH / "results").glob("*.json"))
 # Results not yet regenerated since their scripts changed. Strict: a name listed here must fail.
 # esft_pilot: the constrained section (early stopping within the drift budget, lr searched) is new; its full run
 # (5 methods × a line search at 300,000 tokens each) has not been made yet.
-NOT_REGENERATED: set[str] = {"esft_pilot"}
+# decentral_vs_central: the constrained comparison's sweep (bench/decentral_vs_central.py --sweep) ran 14 of its trials
+# (README) but not to its end, so the committed file is still the unconstrained one of the previous script.
+NOT_REGENERATED: set[str] = {"esft_pilot", "decentral_vs_central"}
 
 
 def _cases():
