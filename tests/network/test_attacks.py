@@ -250,12 +250,12 @@ def test_reusing_public_or_leaked_work_is_refused_and_never_paid(gauntlet, name)
     _assert_refused(net, record, adversary.hotkey, ATTACKS[name].expect, rounds=range(EVIDENCE_ROUNDS))
 
 
-def test_the_free_rider_gets_past_the_replay_check_and_is_refused_for_want_of_evidence(gauntlet):
+def test_the_free_rider_gets_past_the_replay_check_and_is_refused_on_its_merits(gauntlet):
     net, _ = gauntlet
     (rider,) = _adversaries(net, "free_rider")
     reasons = [next((v.reject for v in report.verdicts if v.hotkey == rider.hotkey), None) for report in _gauntlet_reports(net)]
     assert reasons[0] is None  # nothing adopted yet to ride on
-    assert Reject.NO_EVIDENCE in reasons[1:], reasons
+    assert reasons[1:] and all(r in (Reject.NO_EVIDENCE, Reject.NO_IMPROVEMENT) for r in reasons[1:]), reasons  # never REPLAY
 
 
 def test_a_same_block_copy_with_a_lower_hash_is_the_copier_and_the_victim_keeps_its_credit(gauntlet):
@@ -288,6 +288,5 @@ def test_honest_miners_are_paid_in_a_job_that_requires_evidence(gauntlet):
     weights = _weights(net)
     honest = [m.hotkey for m in net.miners[:3]]
     assert all(weights[h] > 0 for h in honest) and all(h in record.contributions for h in honest)
-    refused = [(r, h, e.rejections[h].detail) for r, e in enumerate(record.rounds) for h in honest
-               if h in e.rejections and e.rejections[h].reason == Reject.NO_EVIDENCE]
-    assert len(refused) <= 1, refused  # at the 0.05 level an honest miner may, rarely, show no significant evidence
+    # how often an honest miner's evidence falls short of 0.05 in a round is a statistical rate (the seed block hashes, and
+    # so the samples, differ from run to run), not an invariant; what holds in every run is that each is paid
