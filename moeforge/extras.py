@@ -9,7 +9,7 @@ from types import ModuleType
 
 from moeforge.errors import ConfigError
 
-EXTRAS = {"s3": ("boto3", "botocore"), "bench": ("peft",)}
+EXTRAS = {"s3": ("boto3", "botocore"), "bench": ("peft",), "postgres": ("psycopg",)}
 
 
 def require(extra: str, feature: str) -> list[ModuleType]:

@@ -31,6 +31,15 @@ def _own_home(tmp_path_factory):
         os.environ["MOEFORGE_HOME"] = previous
 
 
+@pytest.fixture(autouse=True)
+def _own_library(tmp_path_factory, monkeypatch):
+    """An empty expert library per test: a job's deposit or warm start never depends on which tests ran before it."""
+    root = tmp_path_factory.mktemp("library")
+    monkeypatch.setenv("MOEFORGE_CATALOG", f"sqlite:///{root}/catalog.sqlite")
+    monkeypatch.setenv("MOEFORGE_LIBRARY_STORE", str(root / "store"))
+    return root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """The suite runs torch single-threaded: its tiny models gain nothing from intra-op threads,

@@ -26,6 +26,7 @@ from moeforge.cli.endpoints import (
     require_salt,
 )
 from moeforge.cli.inputs import DeviceOption, PromptFieldOpt, ResponseFieldOpt, TextFieldOpt, flag
+from moeforge.cli.library import CatalogOpt, LibraryStoreOpt
 from moeforge.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="Publish a job (base model, data, experts, schedule) and record how it went.")
@@ -42,6 +43,11 @@ TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Bloc
 ExpertsOpt = Annotated[Path | None, typer.Option("--experts", help=(
     "The experts to train: an expert_config.json written by `moeforge select` on this base model [default: profile the "
     "job's train split and select by --config's select rule]."))]
+WarmStartOpt = Annotated[str | None, typer.Option("--warm-start", help=(
+    "Start the selected experts from the library: auto (the best match above the similarity threshold that lowers the train "
+    "split's loss), none (the base's experts), or entry ids best first, comma-separated [default: auto]."))]
+LibraryFlag = Annotated[bool, typer.Option("--library/--no-library", help=(
+    "Use the expert library (--catalog, --library-store): match for a warm start, deposit the final state."))]
 ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase [default: 30].")]
 
 
@@ -83,7 +89,7 @@ def job_request(config: Path | None, model: Path, domain: str, defaults: dict | 
 
 
 def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-           metrics_port, device, experts, **flags):
+           metrics_port, device, experts, library, catalog, library_store, **flags):
     from moeforge.cli import settings
     from moeforge.network.owner import Owner
     from moeforge.network.role import RoleContext
@@ -101,7 +107,12 @@ def _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_
     keypair = hotkey_of(wallet, wallet_path)
     ctx = RoleContext(open_chain_url(chain), open_store_url(store), keypair, run_dir=run or default_run("owner", keypair.ss58_address),
                       metrics_port=metrics_port, fault=fault, device=device)
-    return Owner(ctx, request=request, records=records, salt=salt, selection=selection)
+    lib = None
+    if library:
+        from moeforge.cli.library import open_library_urls
+
+        lib = open_library_urls(catalog, library_store)
+    return Owner(ctx, request=request, records=records, salt=salt, selection=selection, library=lib)
 
 
 @app.command()
@@ -112,10 +123,11 @@ def publish(
     lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
     score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
     store: StoreOpt = None, chain: ChainOpt = None, device: DeviceOption = "auto", experts: ExpertsOpt = None,
+    warm_start: WarmStartOpt = None, library: LibraryFlag = True, catalog: CatalogOpt = None, library_store: LibraryStoreOpt = None,
 ) -> None:
     """Select the experts, upload the train rows and initial state, and publish the job; print its digest."""
     owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-                   None, device, experts, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   None, device, experts, library, catalog, library_store, warm_start=warm_start, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
                    train_blocks=train_blocks, score_blocks=score_blocks)
     digest, job = owner.publish()
     _print_job(digest, job)
@@ -129,7 +141,8 @@ def run(
     lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
     score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
     store: StoreOpt = None, chain: ChainOpt = None, metrics_port: MetricsPortOpt = None,
-    device: DeviceOption = "auto", experts: ExpertsOpt = None,
+    device: DeviceOption = "auto", experts: ExpertsOpt = None, warm_start: WarmStartOpt = None, library: LibraryFlag = True,
+    catalog: CatalogOpt = None, library_store: LibraryStoreOpt = None,
 ) -> None:
     """Publish the job, follow its rounds on chain, then write and print its record (final state, history, shares)."""
     from moeforge.cli.job_view import print_record
@@ -137,7 +150,7 @@ def run(
     from moeforge.network.owner import run_owner
 
     owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-                   metrics_port, device, experts, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   metrics_port, device, experts, library, catalog, library_store, warm_start=warm_start, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
                    train_blocks=train_blocks, score_blocks=score_blocks)
     with job_bar(f"job {owner.request.job_id}", console) as on_block:
         record = run_owner(owner, on_block=on_block)

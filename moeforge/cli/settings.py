@@ -26,6 +26,16 @@ def chain_url() -> str:
     return os.environ.get("MOEFORGE_CHAIN") or "local://" + str(home() / "chain.sqlite")
 
 
+def catalog_url() -> str:
+    """`$MOEFORGE_CATALOG` (`sqlite:///…` or `postgresql://…`), or the SQLite catalog of the library under home()."""
+    return os.environ.get("MOEFORGE_CATALOG") or "sqlite:///" + str(home() / "library" / "catalog.sqlite")
+
+
+def library_store_url() -> str:
+    """`$MOEFORGE_LIBRARY_STORE` (a store URL), or the folder store of the library under home()."""
+    return os.environ.get("MOEFORGE_LIBRARY_STORE") or (home() / "library" / "store").as_uri()
+
+
 def s3_credentials() -> tuple[str, str] | None:
     """(access key, secret key) from `$MOEFORGE_S3_ACCESS_KEY`/`$MOEFORGE_S3_SECRET_KEY`; None → boto3's own chain."""
     key, secret = os.environ.get("MOEFORGE_S3_ACCESS_KEY"), os.environ.get("MOEFORGE_S3_SECRET_KEY")

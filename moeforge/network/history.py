@@ -161,6 +161,8 @@ class JobRecord(BaseModel):
     heldout_loss_before: float
     heldout_loss_after: float
     heldout_tokens: int
+    general_ppl_before: float | None = None  # WikiText-2 test perplexity of the base's experts (report_rows rows)
+    general_ppl_after: float | None = None  # and of the final state
     finished_block: int
     versions: dict[str, str]
 

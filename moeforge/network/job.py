@@ -39,6 +39,14 @@ class SplitSpec(BaseModel):
     heldout: float = Field(0.10, gt=0, lt=1)
 
 
+class WarmStartSpec(BaseModel):
+    """A library entry the job's initial state took trained weights from (library/warm.py): the job's lineage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    entry: str = Field(pattern=_HEX64)
+    slots: int = Field(ge=1)  # selected slots that started from this entry's weights
+
+
 class JobSpec(BaseModel):
     """Everything a miner or validator needs to take part in the job, and nothing they must not see."""
 
@@ -65,6 +73,8 @@ class JobSpec(BaseModel):
     subset_experts: dict[int, tuple[int, ...]]  # experts a `subset`-mode miner holds per layer (a coverage set)
     initial_state: str = Field(pattern=_HEX64)  # store address of the round-0 expert state (packed, kind "state")
     initial_state_sha256: str = Field(pattern=_HEX64)  # its content digest (transport's payload_sha256)
+    warm_start: tuple[WarmStartSpec, ...] = ()  # library entries the initial state started from; empty: the base's experts
+    profile: str | None = Field(None, pattern=_HEX64)  # store address of the train split's routing profile (the library's index)
     # the rounds
     schedule: RoundSchedule
     rounds: int = Field(ge=1)

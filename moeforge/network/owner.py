@@ -23,35 +23,41 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moeforge.atomic import write_text
 from moeforge.data.fingerprint import fingerprint_records
 from moeforge.data.records import Record
 from moeforge.errors import ChainError, ConfigError
 from moeforge.eval.domain import rows_loss
+from moeforge.eval.general import general_perplexity
+from moeforge.library.entry import check_license
 from moeforge.model.device import resolve_device
 from moeforge.model.fingerprint import model_fingerprint
 from moeforge.model.slices import apply_slice, extract_slice
 from moeforge.network.history import RESULT_FILE, JobRecord, contribution_shares, round_entry
-from moeforge.network.job import JOB_ID, JobSpec, SplitSpec, publish_job, read_job
+from moeforge.network.job import JOB_ID, JobSpec, SplitSpec, WarmStartSpec, publish_job, read_job
 from moeforge.network.jobdata import encode_train_rows, heldout_check, heldout_rows, load_base, pack_rows, split_job
 from moeforge.network.persist import read_model, write_model
 from moeforge.network.role import RoleContext
 from moeforge.network.schedule import RoundSchedule
-from moeforge.network.state import backed_report, base_state, fetch_state, pack_state, round_results
+from moeforge.network.state import StateRef, backed_report, base_state, fetch_state, pack_state, round_results
 from moeforge.profile.selection import ExpertConfig, SelectConfig, coverage_selection, select_experts
 from moeforge.profile.stats import ProfileConfig, default_seq_len, profile_records
 from moeforge.store.protocol import sha256_hex
 from moeforge.train.config import TrainConfig
 from moeforge.versions import software_versions
 
+if TYPE_CHECKING:
+    from moeforge.library.open import Library
+
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 DIGEST_FILE = "job.digest"
+ENTRY_FILE = "entry.id"  # the library entry the job's final state was deposited as
 
 
 class JobRequest(BaseModel):
@@ -94,15 +100,28 @@ class JobRequest(BaseModel):
     merge_rows: int = Field(32, ge=1)
     eval_batch_rows: int = Field(8, ge=1)
     report_rows: int = Field(64, ge=1)  # held-out rows for the record's before/after loss (at most all of them)
+    # the expert library (DESIGN.md "The library"), when the owner has one
+    warm_start: str = Field("auto", pattern=r"^(auto|none|[0-9a-f]{6,64}(,[0-9a-f]{6,64})*)$")  # auto: the best match above
+    # warm_threshold that lowers the train split's loss; none: the base's experts; else entry ids (prefixes), best first
+    warm_threshold: float = Field(0.3, ge=-1, le=1)  # routing similarity (library/match.py) auto needs
+    deposit: bool = True  # put the final state in the library when the job ends (if any round adopted an update)
+    license: str = "Apache-2.0"  # SPDX id of the deposited entry
+
+    @field_validator("license")
+    @classmethod
+    def _license(cls, value: str) -> str:
+        return check_license(value)
 
 
 class Owner:
     """The job's owner hotkey: publishes the job and writes its record."""
 
     def __init__(self, ctx: RoleContext, *, request: JobRequest, records: list[Record], salt: str,
-                 selection: ExpertConfig | None = None):
-        """`selection`: the experts to train (an `moeforge select` output); None profiles the train split and selects."""
+                 selection: ExpertConfig | None = None, library: "Library | None" = None):
+        """`selection`: the experts to train (an `moeforge select` output); None profiles the train split and selects.
+        `library`: where the job is matched for a warm start and its final state deposited; None: neither."""
         self.chain, self.store, self.keypair, self.request = ctx.chain, ctx.store, ctx.keypair, request
+        self.library = library
         self.device = resolve_device(ctx.device)  # where the owner's profiling and held-out losses run
         self.records, self.salt, self.selection = records, salt, selection
         self.hotkey = ctx.hotkey
@@ -126,14 +145,19 @@ class Owner:
             splits = split_job(self.records, self.salt, validation=req.validation, heldout=req.heldout)
             train_rows, held_rows = pack_rows(splits.train, tokenizer, seq_len), pack_rows(splits.heldout, tokenizer, seq_len)
         with self.observer.phase("select", timings):
+            profile = None  # the train split's routing: what ESFT selects from and what the library indexes
+            if self.selection is None or self.library is not None:
+                profile = profile_records(model, tokenizer, splits.train, ProfileConfig(
+                    tokens=req.profile_tokens, seq_len=seq_len, saliency=False), base_fingerprint=fingerprint)
             if self.selection is not None:  # the user's own: subset miners then hold exactly these experts
                 selection = coverage = self._checked_selection(model, fingerprint)
             else:
-                profile = profile_records(model, tokenizer, splits.train, ProfileConfig(
-                    tokens=req.profile_tokens, seq_len=seq_len, saliency=False), base_fingerprint=fingerprint)
                 selection, coverage = select_experts(profile, req.select), coverage_selection(profile, req.subset_coverage)
+        with self.observer.phase("warm_start", timings):
+            warm = self._warm_start(model, tokenizer, splits.train, fingerprint, seq_len, profile, selection)
         with self.observer.phase("upload", timings):
-            initial = extract_slice(model, selection.slots(), fingerprint)
+            initial = extract_slice(model, selection.slots(), fingerprint)  # the base's experts, or the warm start's
+            profile_digest = self.store.put(profile.model_dump_json().encode("utf-8")) if profile is not None else None
             state_bytes, state_sha256 = pack_state(initial, keypair=self.keypair, job_id=req.job_id, round=0)
             state_digest = self.store.put(state_bytes)
             train_digest = self.store.put(encode_train_rows(train_rows))
@@ -144,7 +168,7 @@ class Owner:
             heldout_check=heldout_check(self.salt, splits.heldout), heldout_rows=int(held_rows.input_ids.shape[0]),
             train_data=train_digest, train_rows=int(train_rows.input_ids.shape[0]),
             experts=dict(selection.experts), subset_experts=dict(coverage.experts), initial_state=state_digest,
-            initial_state_sha256=state_sha256,
+            initial_state_sha256=state_sha256, warm_start=warm, profile=profile_digest,
             schedule=RoundSchedule(start_block=head + req.start_delay_blocks, train_blocks=req.train_blocks,
                                    commit_blocks=req.commit_blocks, reveal_blocks=req.reveal_blocks, score_blocks=req.score_blocks),
         )
@@ -160,6 +184,37 @@ class Owner:
         )
         return digest, spec
 
+    def _warm_start(self, model, tokenizer, train_records, fingerprint: str, seq_len: int, profile, selection) -> tuple[WarmStartSpec, ...]:
+        """Write the warm start's weights into `model` (request.warm_start; library/warm.py); the lineage it makes."""
+        req = self.request
+        if self.library is None or req.warm_start == "none":
+            return ()
+        if req.warm_start == "auto":
+            from moeforge.library.match import chosen, match_records
+
+            slots = {(s.layer, s.expert) for s in selection.slots()}
+            ranking = match_records(self.library, model, tokenizer, train_records, fingerprint, seq_len=seq_len,
+                                    selected=slots, query=profile)
+            picked = chosen(ranking, req.warm_threshold)
+            for c in ranking:
+                self.observer.event("match", f"library entry {c.entry[:12]}… ({c.domain}): {c.why()}", entry=c.entry,
+                                    domain=c.domain, similarity=c.similarity, loss_gain=c.loss_gain, rank=c.rank)
+            entries = [c.entry for c in picked[:1]]
+            if not entries:
+                best = f"; the best, {ranking[0].domain} {ranking[0].entry[:12]}…, has {ranking[0].why()}" if ranking else ""
+                self.observer.event("cold_start", f"no library entry matches above similarity {req.warm_threshold:g} with a "
+                                    f"loss gain on the train split{best}: the job starts from the base's experts")
+                return ()
+        else:
+            entries = req.warm_start.split(",")
+        from moeforge.library.warm import warm_start
+
+        sources = warm_start(model, self.library, entries, selection.slots(), fingerprint)
+        for src in sources:
+            self.observer.event("warm_start", f"{src.slots} of {selection.count} selected experts start from library entry "
+                                f"{src.entry[:12]}…", entry=src.entry, slots=src.slots)
+        return tuple(WarmStartSpec(entry=src.entry, slots=src.slots) for src in sources)
+
     def _checked_selection(self, model, fingerprint: str) -> ExpertConfig:
         """The given selection, if it was made on this base model and fits it; ConfigError saying what does not."""
         selection = self.selection
@@ -173,6 +228,11 @@ class Owner:
         """The job's record, once the chain is past the last round; also put in the store and written to the run folder."""
         job = self._job()
         timings: dict[str, float] = {}
+        written = read_model(self.run_dir / RESULT_FILE, JobRecord) if self.run_dir is not None else None
+        if written is not None and written.job_digest == self.job_digest:  # killed after writing it: the same record
+            self._deposit(job, written)
+            self.observer.close()
+            return written
         with self.observer.phase("history", timings):
             entries, base_sha256 = [], job.initial_state_sha256
             for r in range(job.rounds):
@@ -187,13 +247,14 @@ class Owner:
                 base_sha256 = sha256
             final = base_state(self.chain, self.store, job, job.rounds)
         with self.observer.phase("evaluate", timings):
-            before, after, tokens = self._heldout_losses(job, final)
+            before, after, tokens, general = self._heldout_losses(job, final)
         record = JobRecord(
             job_id=job.job_id, job_digest=self.job_digest, owner=self.hotkey, domain=job.domain, base_model=job.base_model,
             base_fingerprint=job.base_fingerprint, slots=[(s.layer, s.expert) for s in job.slots],
             final_state_sha256=final.sha256, final_state_digest=final.digest, rounds=entries,
             contributions=contribution_shares(entries), heldout_loss_before=before, heldout_loss_after=after,
-            heldout_tokens=tokens, finished_block=self.chain.block(), versions=software_versions(),
+            heldout_tokens=tokens, general_ppl_before=general[0], general_ppl_after=general[1],
+            finished_block=self.chain.block(), versions=software_versions(),
         )
         record_digest = self.store.put(record.model_dump_json().encode("utf-8"))
         self.observer.reached("recorded")
@@ -207,20 +268,52 @@ class Owner:
             f"{before:.4f} → {after:.4f}; record {record_digest[:12]}…",
             record=record_digest, before=before, after=after, accepted_rounds=record.accepted_rounds, timings=timings,
         )
+        with self.observer.phase("deposit", timings):
+            self._deposit(job, record)
         self.observer.close()
         return record
 
-    def _heldout_losses(self, job: JobSpec, final) -> tuple[float, float, int]:
-        """Held-out loss of the initial and final states on the first report_rows held-out rows."""
+    def _deposit(self, job: JobSpec, record: JobRecord) -> None:
+        """Put the job's final state in the library (idempotent: the entry id is a digest of its content)."""
+        if self.library is None or not self.request.deposit:
+            return
+        if record.accepted_rounds == 0:
+            self.observer.event("not_deposited", f"job {job.job_id}: no round adopted an update, so there is nothing new to "
+                                "put in the library")
+            return
+        from moeforge.library.deposit import deposit, job_fields
+
+        model, _ = load_base(job.base_model, job.base_fingerprint, self.device)
+        final = StateRef(sha256=record.final_state_sha256, digest=record.final_state_digest, round=len(record.rounds) - 1)
+        experts = fetch_state(self.store, final, job=job, reference=extract_slice(model, job.slots, job.base_fingerprint))
+        profile = self.store.get(job.profile) if job.profile is not None else None
+        entry, new = deposit(self.library, model, job.base_fingerprint, experts, profile_json=profile,
+                             base_model=Path(job.base_model).name,
+                             **job_fields(record, job, license=self.request.license,
+                                          general_ppl=(record.general_ppl_before, record.general_ppl_after)))
+        if self.run_dir is not None:
+            write_text(self.run_dir / ENTRY_FILE, entry + "\n")
+        self.observer.event("deposited", f"job {job.job_id}: {'deposited' if new else 'already in'} the library as entry "
+                            f"{entry[:12]}… ({len(job.slots)} experts, {job.domain})", entry=entry, new=new)
+
+    def _heldout_losses(self, job: JobSpec, final) -> tuple[float, float, int, tuple[float, float]]:
+        """Held-out loss of the base's experts and of the final state on the first report_rows held-out rows (tokens
+        scored), and WikiText-2 test perplexity of both on report_rows rows."""
         model, tokenizer = load_base(job.base_model, job.base_fingerprint, self.device)
         rows = heldout_rows(job, self.records, self.salt, tokenizer)
         n = min(self.request.report_rows, rows.input_ids.shape[0])
         ids, labels = rows.input_ids[:n], rows.labels[:n]
-        before = rows_loss(model, ids, labels, batch_size=job.eval_batch_rows)
+        general_tokens = self.request.report_rows * job.seq_len
+
+        def general() -> float:
+            return general_perplexity(model, tokenizer, seq_len=job.seq_len, max_tokens=general_tokens,
+                                      batch_size=job.eval_batch_rows).perplexity
+
+        before, general_before = rows_loss(model, ids, labels, batch_size=job.eval_batch_rows), general()
         reference = extract_slice(model, job.slots, job.base_fingerprint)
         apply_slice(model, fetch_state(self.store, final, job=job, reference=reference))
-        after = rows_loss(model, ids, labels, batch_size=job.eval_batch_rows)
-        return before.loss, after.loss, before.tokens
+        after, general_after = rows_loss(model, ids, labels, batch_size=job.eval_batch_rows), general()
+        return before.loss, after.loss, before.tokens, (general_before, general_after)
 
     def _job(self) -> JobSpec:
         if self.job is None:
