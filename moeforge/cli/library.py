@@ -263,11 +263,12 @@ def match(
     ranking = match_records(lib, base, tokenizer, records, fingerprint, seq_len=default_seq_len(base), tokens=tokens,
                             sample_rows=sample_rows, top=rerank)
     table = Table(title=f"library entries for {name} on {model.name}")
-    for col in ("rank", "entry", "domain", "similarity", "raw cosine", "loss gain", "why"):
+    for col in ("rank", "entry", "domain", "similarity", "raw cosine", "sample loss", "why here"):
         table.add_column(col)
     for c in ranking:
-        table.add_row(str(c.rank or "-"), c.entry[:12], c.domain, f"{c.similarity:.3f}", f"{c.raw_cosine:.3f}",
-                      "-" if c.loss_gain is None else f"{c.loss_gain:+.4f}", c.why())
+        loss = "-" if c.loss_gain is None else f"{c.base_loss:.4f} → {c.entry_loss:.4f}"
+        why = "by similarity (not re-ranked)" if c.loss_gain is None else f"loss gain {c.loss_gain:+.4f}"
+        table.add_row(str(c.rank or "-"), c.entry[:12], c.domain, f"{c.similarity:.3f}", f"{c.raw_cosine:.3f}", loss, why)
     console.print(table if ranking else f"no entries on this base ({fingerprint[:12]}…) to match")
     picked = chosen(ranking)
     console.print(f"--warm-start auto would start from {picked[0].entry[:12]}… ({picked[0].domain})" if picked

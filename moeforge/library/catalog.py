@@ -208,6 +208,7 @@ def open_catalog(url: str, *, migrate: bool | None = None) -> Catalog:
     from sqlalchemy.exc import ArgumentError, OperationalError
     from sqlalchemy.exc import DBAPIError
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin and per-step lines are not the user's business
     scheme = urlsplit(url).scheme.split("+")[0]
     if scheme == "sqlite":
         path = url.removeprefix("sqlite:///")
