@@ -79,8 +79,10 @@ class InProcessNetwork:
         *,
         miner_modes: list[MinerMode],
         validator_stakes: list[float],
+        library=None,
     ) -> "InProcessNetwork":
-        """A fresh chain under run_dir with dev keys (//owner, //miner/i, //validator/j) registered and staked."""
+        """A fresh chain under run_dir with dev keys (//owner, //miner/i, //validator/j) registered and staked; `library`: the
+        owner's expert library (moeforge.library.open.Library), None for none."""
         run_dir = Path(run_dir)
         chain = LocalChain(run_dir / "chain.sqlite", block_seconds=0)
         owner_key = keypair_from_uri("//moeforge/owner")
@@ -90,7 +92,8 @@ class InProcessNetwork:
             chain.register(key.ss58_address)
         for key, stake in zip(validator_keys, validator_stakes, strict=True):
             chain.add_stake(key.ss58_address, stake)
-        owner = Owner(RoleContext(chain, store, owner_key, run_dir=run_dir / "job"), request=request, records=records, salt=salt)
+        owner = Owner(RoleContext(chain, store, owner_key, run_dir=run_dir / "job"), request=request, records=records, salt=salt,
+                      library=library)
         return cls(chain, store, owner, miner_keys, list(miner_modes), validator_keys, list(records), salt, run_dir)
 
     def publish(self):

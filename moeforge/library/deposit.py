@@ -33,7 +33,7 @@ def deposit(library: Library, model, fingerprint: str, experts: ExpertSlice, *, 
         profile=library.store.put(profile_json) if profile_json is not None else None, **fields,
     )
     entry_id, new = library.put(manifest)
-    log.info("%s library entry %s… (%s, %d experts)", "deposited" if new else "already had", entry_id[:12],
+    log.debug("%s library entry %s… (%s, %d experts)", "deposited" if new else "already had", entry_id[:12],
              manifest.domain, len(manifest.slots))
     return entry_id, new
 
