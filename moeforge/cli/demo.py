@@ -3,7 +3,9 @@
 1. build (or reuse) the testbed base model; 2. a maths job on GSM8K through a local network:
 the owner profiles the routing and selects experts by ESFT-Token, miners (one per memory mode)
 train them in rounds, validators score every update on held-out data and merge the best; then
-3. GSM8K test loss and WikiText-2 perplexity of the base model and of the job's final experts.
+3. GSM8K test loss and WikiText-2 perplexity of the base model and of the job's final experts; 4. the
+expert library entry the job was deposited as. Run again, the job is matched to that entry and its
+experts start from it (a warm start), which the output says.
 """
 
 from pathlib import Path
@@ -49,9 +51,49 @@ def demo(
         config=None, metrics_port=None, flags={"rounds": rounds, "job_id": "demo-maths"},
         defaults=JOB_DEFAULTS.get(preset_name, {}), device=device,
     )
+    _warm_start_line(net.job())
     print_record(record, console, net.names())
     _before_after(path, report.config.seq_len, record, net, eval_tokens, device)
+    _library_entry(net)
     console.print(f"run folder: {net.plan.run_dir}", highlight=False, soft_wrap=True)
+
+
+def _warm_start_line(job) -> None:
+    if job.warm_start:
+        used = ", ".join(f"{w.slots} from library entry {w.entry[:12]}…" for w in job.warm_start)
+        console.print(f"[bold]warm start[/bold]: the library matched this job's data to an earlier job's experts; of the "
+                      f"{len(job.slots)} selected experts, {used} (the rest start from the base)", highlight=False, soft_wrap=True)
+    else:
+        console.print("cold start: no library entry matched this job's data, so its experts start from the base "
+                      "(run `make demo` again: the next job starts from this one's)", highlight=False, soft_wrap=True)
+
+
+def _library_entry(net) -> None:
+    """The library entry the job was deposited as: card summary, lineage, contributors."""
+    from moeforge.cli.library import open_library_urls
+    from moeforge.network.owner import ENTRY_FILE
+
+    path = net.owner.run_dir / ENTRY_FILE
+    if not path.is_file():
+        console.print("the job adopted no update, so nothing new went into the expert library")
+        return
+    entry = path.read_text().strip()
+    library = open_library_urls(None, None)
+    manifest = library.manifest(entry)
+    names = net.names()
+    m = manifest.metrics
+    table = Table(title=f"expert library entry {entry[:12]}… (moeforge library show {entry[:12]})")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("experts", f"{len(manifest.slots)} of {manifest.base_model}, domain {manifest.domain}, licence {manifest.license}")
+    table.add_row("held-out loss", f"{m.domain_loss_before:.4f} → {m.domain_loss_after:.4f}")
+    if m.general_ppl_before is not None and m.general_ppl_after is not None:
+        table.add_row("WikiText-2 perplexity", f"{m.general_ppl_before:.2f} → {m.general_ppl_after:.2f}")
+    table.add_row("lineage", ", ".join(f"warm start from {p.entry[:12]}… ({p.slots} experts)" for p in manifest.parents)
+                  or "trained from the base")
+    table.add_row("contributors", ", ".join(f"{names.get(c.id, c.id[:12] + '…')} {c.share:.1%}" for c in manifest.contributors))
+    table.add_row("library", f"{len(library.catalog.entries())} entries in {library.catalog.url}")
+    console.print(table)
 
 
 def _before_after(model_dir: Path, seq_len: int, record, net, eval_tokens: int, device: str) -> None:
@@ -75,6 +117,13 @@ def _before_after(model_dir: Path, seq_len: int, record, net, eval_tokens: int, 
     before = scores()
     job = net.job()
     store = open_store(net.store_url, credentials=settings.s3_credentials())
+    start = None
+    if job.warm_start:  # the warm start's own scores: where the job began
+        initial = StateRef(sha256=job.initial_state_sha256, digest=job.initial_state, round=0)
+        reference = extract_slice(model, job.slots, job.base_fingerprint)
+        apply_slice(model, fetch_state(store, initial, job=job, reference=reference))
+        start = scores()
+        apply_slice(model, reference)
     final = StateRef(sha256=record.final_state_sha256, digest=record.final_state_digest, round=len(record.rounds) - 1)
     apply_slice(model, fetch_state(store, final, job=job, reference=extract_slice(model, job.slots, job.base_fingerprint)))
     after = scores()
@@ -82,6 +131,8 @@ def _before_after(model_dir: Path, seq_len: int, record, net, eval_tokens: int, 
     for col in ("", "GSM8K test loss", "WikiText-2 perplexity"):
         table.add_column(col, justify="right" if col else "left")
     table.add_row("base", f"{before[0]:.3f}", f"{before[1]:.2f}")
+    if start is not None:
+        table.add_row("warm start (library experts)", f"{start[0]:.3f}", f"{start[1]:.2f} ({100 * (start[1] / before[1] - 1):+.1f}%)")
     n = len(record.rounds)
     table.add_row(f"after {n} network round{'s' if n != 1 else ''}", f"{after[0]:.3f}",
                   f"{after[1]:.2f} ({100 * (after[1] / before[1] - 1):+.1f}%)")

@@ -264,7 +264,7 @@ def match(
                             sample_rows=sample_rows, top=rerank)
     table = Table(title=f"library entries for {name} on {model.name}")
     for col in ("rank", "entry", "domain", "similarity", "raw cosine", "sample loss", "why here"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "entry", min_width=12 if col == "entry" else None, overflow="fold")
     for c in ranking:
         loss = "-" if c.loss_gain is None else f"{c.base_loss:.4f} → {c.entry_loss:.4f}"
         why = "by similarity (not re-ranked)" if c.loss_gain is None else f"loss gain {c.loss_gain:+.4f}"
@@ -372,12 +372,13 @@ def _warm_lineage(folder: Path) -> list[tuple[str, int]]:
 
 def _entries_table(rows, title: str) -> None:
     table = Table(title=title)
-    for col in ("entry", "domain", "base", "experts", "source", "held-out loss", "general ppl", "licence", "deposited"):
-        table.add_column(col)
+    table.add_column("entry", no_wrap=True, min_width=12)  # ids stay whole on a narrow terminal: they are what users copy
+    for col in ("domain", "base", "experts", "source", "held-out loss", "general ppl", "licence", "deposited"):
+        table.add_column(col, overflow="fold")
     for r in rows:
         loss = f"{_num(r.domain_loss_before)} → {_num(r.domain_loss_after)}" if r.domain_loss_after is not None else "-"
         ppl = f"{_num(r.general_ppl_before, 2)} → {_num(r.general_ppl_after, 2)}" if r.general_ppl_after is not None else "-"
-        table.add_row(r.id[:12] + (" (retired)" if r.retired else ""), r.domain, f"{r.base_model} {r.base_fingerprint[:8]}",
+        table.add_row(r.id[:12] + ("\n(retired)" if r.retired else ""), r.domain, f"{r.base_model} {r.base_fingerprint[:8]}",
                       str(r.n_slots), r.source, loss, ppl, r.license, f"{r.created_at:%Y-%m-%d %H:%M}")
     console.print(table if rows else f"{title}: no entries")
 

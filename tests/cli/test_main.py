@@ -12,7 +12,9 @@ def test_every_command_has_help():
     for args in ([], ["testbed"], ["testbed", "build"], ["model"], ["model", "inspect"], ["model", "size"],
                  ["data"], ["data", "prepare"], ["eval"], ["profile"], ["select"], ["extract"], ["train"], ["demo"], ["chain"], ["chain", "metagraph"], ["store"], ["store", "verify"],
                  ["owner"], ["owner", "publish"], ["owner", "run"], ["miner"], ["miner", "run"], ["validator"],
-                 ["validator", "run"], ["network"], ["network", "up"]):
+                 ["validator", "run"], ["network"], ["network", "up"], ["library"],
+                 *[["library", c] for c in ("ls", "show", "search", "lineage", "card", "retire", "verify", "add", "match",
+                                            "combine", "migrate")]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output

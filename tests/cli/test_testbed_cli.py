@@ -3,6 +3,8 @@ from typer.testing import CliRunner
 
 from moeforge.cli.main import app
 from moeforge.network.history import RESULT_FILE, JobRecord
+from moeforge.network.job import JobSpec
+from moeforge.network.owner import ENTRY_FILE, JOB_FILE
 
 runner = CliRunner()
 
@@ -27,6 +29,16 @@ def test_demo_reports_the_testbed_losses_and_runs_the_maths_job_through_a_local_
     assert len(record.rounds) == 1 and record.heldout_loss_after < record.heldout_loss_before
     assert f"{record.heldout_loss_before:.4f}" in result.output and f"{record.heldout_loss_after:.4f}" in result.output
     assert "GSM8K test loss" in result.output and "after 1 network round " in result.output
+    # the job went into the expert library; run again, the demo's job warm-starts from it and says so
+    entry = (tmp_path / "run" / "job" / ENTRY_FILE).read_text().strip()
+    assert "cold start" in result.output and f"expert library entry {entry[:12]}" in result.output
+    again = runner.invoke(app, ["demo", "--preset", "small", "--out", str(out), "--miners", "2", "--validators", "1",
+                                "--rounds", "1", "--eval-tokens", "1024", "--run", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert "warm start" in again.output and f"from library entry {entry[:12]}" in again.output
+    assert "warm start (library experts)" in again.output  # its own row in the before/after table
+    job = JobSpec.model_validate_json((tmp_path / "again" / "job" / JOB_FILE).read_text())
+    assert [w.entry for w in job.warm_start] == [entry]
 
 
 def test_unknown_preset_is_refused(tmp_path):
