@@ -155,3 +155,22 @@ def test_combine_keeps_unique_slots_whole_and_averages_the_changes_of_shared_one
         else:
             src = ea if slot in ea.weights else eb
             assert torch.equal(combined.experts.weights[slot].gate, src.weights[slot].gate)
+
+
+def test_tensors_that_do_not_match_their_manifest_are_refused(library, base_model, trained):
+    from safetensors.torch import save
+
+    from moeforge.library.entry import experts_slice
+
+    entry, _ = deposit_trained(library, base_model, trained["math"])
+    manifest = library.manifest(entry)
+    state = trained["math"].experts.state_dict()
+    first = sorted(state)[0]
+    extra = {**state, "model.layers.1.mlp.experts.99.gate_proj.weight": state[first].clone()}
+    with pytest.raises(DataError, match="unexpected key model.layers.1.mlp.experts.99"):
+        experts_slice(manifest, save(extra), "crafted")
+    reshaped = {**state, first: state[first][:-1]}
+    with pytest.raises(DataError, match=f"{first} is float32"):
+        experts_slice(manifest, save(reshaped), "crafted")
+    with pytest.raises(DataError, match="not readable safetensors"):
+        experts_slice(manifest, b"not a safetensors file", "crafted")
