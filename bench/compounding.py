@@ -24,42 +24,40 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from line_search import doubling, halving, line_search
+from provenance import Run
 
-from bench.provenance import Run  # noqa: E402
-from moeforge.data.corpora import load_corpus  # noqa: E402
-from moeforge.data.formatting import encode_records  # noqa: E402
-from moeforge.data.packing import pack_examples  # noqa: E402
-from moeforge.data.records import Record  # noqa: E402
-from moeforge.data.splits import split_records  # noqa: E402
-from moeforge.eval.domain import domain_loss, packed_rows, rows_loss  # noqa: E402
-from moeforge.eval.general import general_perplexity  # noqa: E402
-from moeforge.library.deposit import deposit  # noqa: E402
-from moeforge.library.entry import Contributor, Metrics  # noqa: E402
-from moeforge.library.match import match_records  # noqa: E402
-from moeforge.library.open import open_library  # noqa: E402
-from moeforge.library.warm import warm_start  # noqa: E402
-from moeforge.model.fingerprint import model_fingerprint  # noqa: E402
-from moeforge.model.load import load_model  # noqa: E402
-from moeforge.model.slices import apply_slice, extract_slice  # noqa: E402
-from moeforge.profile.selection import select_experts  # noqa: E402
-from moeforge.profile.stats import ProfileConfig, profile_records  # noqa: E402
-from moeforge.testbed.build import build_testbed  # noqa: E402
-from moeforge.testbed.config import preset  # noqa: E402
-from moeforge.train.config import TrainConfig  # noqa: E402
-from moeforge.train.esft import train_experts  # noqa: E402
+from moeforge.data.corpora import load_corpus
+from moeforge.data.formatting import encode_records
+from moeforge.data.packing import pack_examples
+from moeforge.data.records import Record
+from moeforge.data.splits import split_records
+from moeforge.eval.domain import domain_loss, packed_rows, rows_loss
+from moeforge.eval.general import general_perplexity
+from moeforge.library.deposit import deposit
+from moeforge.library.entry import Contributor, Metrics
+from moeforge.library.match import match_records
+from moeforge.library.open import open_library
+from moeforge.library.warm import warm_start
+from moeforge.model.fingerprint import model_fingerprint
+from moeforge.model.load import load_model
+from moeforge.model.slices import apply_slice, extract_slice
+from moeforge.profile.selection import select_experts
+from moeforge.profile.stats import ProfileConfig, profile_records
+from moeforge.testbed.build import build_testbed
+from moeforge.testbed.config import preset
+from moeforge.train.config import TrainConfig
+from moeforge.train.esft import train_experts
 
 RESULTS = Path(__file__).parent / "results" / "compounding.json"
 PLOT = Path(__file__).parent / "results" / "compounding.png"
 CHAMP = Path(__file__).resolve().parents[2] / "shared" / "data" / "champ" / "champ.jsonl"
 SECTION = "FAM/SOCHX"  # the medical job's section; the library's medical entry is trained on every other section
 SALT = "compounding-bench"
-MAX_MOVES = 6
 QUICK = {"preset": "small", "profile_tokens": 4096, "library_tokens": 8192, "job_epochs": 1, "eval_tokens": 2048,
          "checkpoints": 2, "lr": 1e-2, "batch_size": 4, "max_moves": 0}
 
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoints", type=int, default=10, help="evaluations along each new-job run")
     parser.add_argument("--lr", type=float, default=2e-3, help="the library jobs' lr, and where each new-job search starts")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-moves", type=int, default=MAX_MOVES, help="lr doublings/halvings per direction (0: no search)")
+    parser.add_argument("--max-moves", type=int, default=6, help="lr doublings/halvings per direction (0: no search)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, default=None, help=f"the loss-curve PNG (default: beside --out, {PLOT.name})")
     parser.add_argument("--quick", action="store_true", help=f"a tiny configuration for a smoke run: {QUICK}")
@@ -223,16 +221,7 @@ class Bench:
                 tried[lr] = self.run(slots, packed, val_rows, held_rows, entries, lr)
             return tried[lr]
 
-        best = trial(self.args.lr)
-        for factor in (2.0, 0.5):
-            moved = False
-            for _ in range(self.args.max_moves):
-                got = trial(best["lr"] * factor)
-                if got["validation_loss"] >= best["validation_loss"]:
-                    break
-                best, moved = got, True
-            if moved:
-                break
+        best = line_search(trial, self.args.lr, doubling, halving, key="validation_loss", value="lr", max_moves=self.args.max_moves)
         return {**best, "tried": {lr: r["validation_loss"] for lr, r in tried.items()}}
 
     def run(self, slots, packed, val_rows, held_rows, entries: list[str], lr: float) -> dict:

@@ -68,6 +68,7 @@ from moeforge.testbed.config import preset
 from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
+from line_search import line_search
 from provenance import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
@@ -81,7 +82,6 @@ TARGET_SCORING = 1.2  # seconds to score one submission ÷ one evaluation pass, 
 OUTER_CANDIDATES = ((1.0, 0.5),)  # (outer lr, momentum) tried against plain averaging; DiLoCo's 0.7/0.9 drifted +140% for no
 # gain in an unconstrained run on this testbed before the guard existed
 GENERAL_MIX_CANDIDATES = (0.125, 0.25)
-MAX_MOVES = 8  # steps of a line search in one direction, a bound on a runaway, not a grid edge
 CENTRAL_CHECKPOINTS = 16  # evaluations along a central run, for early stopping
 
 
@@ -103,29 +103,6 @@ class NetSetting:
     def label(self) -> str:
         return (f"R={self.rounds} H={self.inner_steps} lr={self.lr:g} top-k={self.top_k} norm bound={self.norm_bound:g} "
                 f"outer {self.outer_lr:g}/{self.outer_momentum:g} mix {self.general_mix:g} {'guarded' if self.guard else 'unconstrained'}")
-
-
-def line_search(trial, start, up, down, *, key: str = "loss") -> dict:
-    """Greedy search along one knob: start, then up while it helps, else down likewise; the best trial.
-
-    It extends itself until the best value is interior (a neighbour on each side is worse) or the knob
-    has no further neighbour (`up`/`down` return None); MAX_MOVES bounds a runaway. `trial(x)` runs (or
-    recalls) one trial and returns it with `key` (lower is better); `up`/`down` map a value to its neighbour.
-    """
-    best = trial(start)
-    for step in (up, down):
-        moved = False
-        for _ in range(MAX_MOVES):
-            nxt = step(best["value"])
-            if nxt is None:
-                break
-            got = trial(nxt)
-            if got[key] >= best[key]:
-                break
-            best, moved = got, True
-        if moved:
-            break
-    return best
 
 
 def _with(s: NetSetting, field: str, value) -> dict:

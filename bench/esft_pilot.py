@@ -49,6 +49,7 @@ from moeforge.testbed.config import preset
 from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
+from line_search import doubling, halving, line_search
 from provenance import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
@@ -59,7 +60,6 @@ RESULTS = Path(__file__).parent / "results" / "esft_pilot.json"
 QUICK = {"preset": "small", "profile_tokens": 4096, "train_tokens": 8192, "eval_tokens": 2048, "batch_size": 4, "checkpoints": 2,
          "val_records": 32}
 PLOT = Path(__file__).parent / "results" / "esft_pilot_tradeoff.png"
-MAX_MOVES = 8  # line-search steps in one direction: a bound on a runaway, not a grid edge
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         final = first["curve"][-1]
         methods[name] = _row(before, final, first["result"], total_params,
                              experts=len(selections[name].slots()) if name in selections else None)
-        best = _line_search(trial, lr) if not args.quick and name in args.search.split(",") else first
+        best = line_search(trial, lr, doubling, halving, value="lr") if not args.quick and name in args.search.split(",") else first
         c = best["constrained"]
         methods[name]["constrained"] = None if c is None else {
             "lr": best["lr"], "step": c["step"], "steps": best["curve"][-1]["step"], "validation_loss": c["validation_loss"],
@@ -255,21 +255,6 @@ def main(argv: list[str] | None = None) -> dict:
     }
     _print(result)
     return run.write(args.results, result)
-
-
-def _line_search(trial, start: float) -> dict:
-    """Double, else halve, the lr while the constrained validation loss improves; stops where the best is interior."""
-    best = trial(start)
-    for factor in (2.0, 0.5):
-        moved = False
-        for _ in range(MAX_MOVES):
-            got = trial(best["lr"] * factor)
-            if got["loss"] >= best["loss"]:
-                break
-            best, moved = got, True
-        if moved:
-            break
-    return best
 
 
 def _constrained_gap(methods: dict) -> dict | None:
