@@ -9,6 +9,7 @@ from moeforge.library.entry import Contributor, Parent
 from moeforge.model.experts import ExpertSlot, ExpertWeights
 from moeforge.model.slices import ExpertSlice, extract_slice
 from tests.library.conftest import SEQ_LEN, deposit_trained
+from tests.store.conftest import BUCKET, CREDENTIALS, s3_endpoint  # noqa: F401  (the moto S3 server fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +175,13 @@ def test_tensors_that_do_not_match_their_manifest_are_refused(library, base_mode
         experts_slice(manifest, save(reshaped), "crafted")
     with pytest.raises(DataError, match="not readable safetensors"):
         experts_slice(manifest, b"not a safetensors file", "crafted")
+
+
+def test_a_library_whose_blobs_live_in_s3_deposits_serves_and_verifies(s3_endpoint, base_model, trained, tmp_path):
+    from moeforge.library.open import open_library
+
+    library = open_library(f"sqlite:///{tmp_path}/catalog.sqlite", f"s3://{BUCKET}/library?endpoint={s3_endpoint}",
+                           credentials=CREDENTIALS)
+    entry, new = deposit_trained(library, base_model, trained["python"])
+    assert new and _same(library.experts(library.manifest(entry), entry), trained["python"].experts)
+    assert library.verify() == (1, [])
