@@ -16,6 +16,8 @@ Issue 11's benchmark; DESIGN.md "The library". On the testbed:
    ≤ 0.5, aim ≤ 0.33.
 4. The same for a medical job on the FAM/SOCHX section of MTS-Dialog, which the library's medical
    entry never saw (`second_domain`).
+5. `slot_rule`: the held-out loss, before any training, of the warm starts the per-slot rules give
+   (the top entry alone; the top two by "first", the better by loss, and by "average").
 
     .venv/bin/python bench/compounding.py            # the default testbed; writes bench/results/compounding.json + .png
 """
@@ -191,6 +193,7 @@ class Bench:
               f"tokens, {len(slots)} experts selected; match: " + ", ".join(f"{names[c.entry]} {c.similarity:.3f}"
                                                                            + ("" if c.loss_gain is None else f" (gain {c.loss_gain:+.4f})")
                                                                            for c in ranking), flush=True)
+        slot_rule = self.slot_rules(slots, [c.entry for c in ranking[:2]], held_rows, names)
         runs = {}
         for start in ("cold", "warm"):
             entries = [top.entry] if start == "warm" else []
@@ -210,7 +213,27 @@ class Bench:
             "cold_final_loss": target, "warm_final_loss": warm["curve"][-1]["heldout_loss"],
             "general_ppl_cold": cold["general_ppl"], "general_ppl_warm": warm["general_ppl"],
             "cold": {k: v for k, v in cold.items() if k != "sources"}, "warm": {k: v for k, v in warm.items() if k != "sources"},
+            "slot_rule": slot_rule,
         }
+
+    def slot_rules(self, slots, entries: list[str], held_rows, names: dict[str, str]) -> dict:
+        """Held-out loss before any training of the warm starts the per-slot rules give (library/warm.py): the top
+        entry alone, and the top two by "first" (the better by loss) and by "average"."""
+        cap = max(1, self.args.eval_tokens // self.seq_len)
+        starts = {"base": [], "top1": entries[:1]}
+        if len(entries) > 1:
+            starts |= {"top2_first": entries, "top2_average": entries}
+        out = {}
+        for name, chosen in starts.items():
+            original = extract_slice(self.model, slots, self.fingerprint)
+            sources = warm_start(self.model, self.library, chosen, slots, self.fingerprint,
+                                 rule="average" if name.endswith("average") else "first") if chosen else []
+            out[name] = {"heldout_loss": rows_loss(self.model, held_rows[0][:cap], held_rows[1][:cap]).loss,
+                         "sources": {names[s.entry]: s.slots for s in sources}}
+            apply_slice(self.model, original)
+        print("  warm starts before training (held-out loss): " + ", ".join(f"{k} {v['heldout_loss']:.4f}" for k, v in out.items()),
+              flush=True)
+        return out
 
     def search(self, slots, packed, val_rows, held_rows, entries: list[str]) -> dict:
         """The lr with the lowest final validation loss, doubling or halving from --lr until the best is interior."""

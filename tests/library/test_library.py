@@ -185,3 +185,27 @@ def test_a_library_whose_blobs_live_in_s3_deposits_serves_and_verifies(s3_endpoi
     entry, new = deposit_trained(library, base_model, trained["python"])
     assert new and _same(library.experts(library.manifest(entry), entry), trained["python"].experts)
     assert library.verify() == (1, [])
+
+
+def test_the_average_rule_gives_a_slot_two_entries_trained_the_mean_of_their_weights(library, base_model, trained):
+    from moeforge.library.warm import warm_start
+    from moeforge.model.slices import apply_slice
+
+    model, _ = base_model
+    fingerprint = trained["math"].fingerprint
+    a, _ = deposit_trained(library, base_model, trained["math"])
+    b, _ = deposit_trained(library, base_model, trained["medical"])
+    ea, eb = trained["math"].experts, trained["medical"].experts
+    shared = sorted(set(ea.slots) & set(eb.slots))
+    assert shared, "the maths and medical selections share no slot on this testbed"
+    wanted = sorted(set(ea.slots) | set(eb.slots))
+    before = extract_slice(model, wanted, fingerprint)
+    try:
+        sources = warm_start(model, library, [a, b], wanted, fingerprint, rule="average")
+        now = extract_slice(model, wanted, fingerprint)
+    finally:
+        apply_slice(model, before)
+    assert [(s.entry, s.slots) for s in sources] == [(a, len(ea.slots)), (b, len(eb.slots))]
+    slot = shared[0]
+    mean = (ea.weights[slot].down.double() + eb.weights[slot].down.double()) / 2
+    assert torch.allclose(now.weights[slot].down.double(), mean, atol=1e-6)
