@@ -187,6 +187,9 @@ class Owner:
     def _warm_start(self, model, tokenizer, train_records, fingerprint: str, seq_len: int, profile, selection) -> tuple[WarmStartSpec, ...]:
         """Write the warm start's weights into `model` (request.warm_start; library/warm.py); the lineage it makes."""
         req = self.request
+        if self.library is None and req.warm_start not in ("auto", "none"):
+            raise ConfigError(f"job {req.job_id}: warm_start names library entries ({req.warm_start}) but the owner has no "
+                              "expert library: drop --no-library, or pass --catalog/--library-store.")
         if self.library is None or req.warm_start == "none":
             return ()
         if req.warm_start == "auto":

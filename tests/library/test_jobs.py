@@ -61,3 +61,26 @@ def test_warm_start_none_and_an_empty_library_start_from_the_base(tmp_path, job_
     request = job_request.model_copy(update={"rounds": 1, "warm_start": "none"})
     _, job, _ = _job(tmp_path / "cold", request, library, job_id="maths-cold", records=records)
     assert job.warm_start == ()
+
+
+def test_a_warm_start_from_named_entries_without_a_library_is_refused_before_publishing(tmp_path, job_request):
+    from moeforge.errors import ConfigError
+
+    records = list(load_corpus("math", "train")[:RECORDS])
+    request = job_request.model_copy(update={"warm_start": "abcdef123456"})
+    net = InProcessNetwork.create(tmp_path, LocalStore(tmp_path / "store"), request, records, SALT, miner_modes=["full"],
+                                  validator_stakes=[100.0])
+    with pytest.raises(ConfigError, match="no expert library"):
+        net.publish()
+    assert net.chain.commitment(net.owner.keypair.ss58_address) is None
+
+
+def test_a_warm_start_from_an_unknown_entry_is_refused_naming_it(tmp_path, job_request, library):
+    from moeforge.errors import ArtifactNotFound
+
+    records = list(load_corpus("math", "train")[:RECORDS])
+    request = job_request.model_copy(update={"warm_start": "abcdef123456"})
+    net = InProcessNetwork.create(tmp_path, LocalStore(tmp_path / "store"), request, records, SALT, miner_modes=["full"],
+                                  validator_stakes=[100.0], library=library)
+    with pytest.raises(ArtifactNotFound, match="no library entry 'abcdef123456'"):
+        net.publish()
