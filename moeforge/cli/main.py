@@ -80,7 +80,7 @@ def _quiet_hugging_face(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from moeforge.cli import chain, data, demo, extract, library, miner, model, network, owner, profile, store, testbed, train, validator
+    from moeforge.cli import chain, data, demo, export, extract, library, miner, model, network, owner, profile, store, testbed, train, validator
     from moeforge.cli import eval as eval_cli
 
     app.add_typer(testbed.app, name="testbed")
@@ -96,6 +96,7 @@ def _register() -> None:
     app.command("profile")(profile.profile)
     app.command("select")(profile.select)
     app.command("extract")(extract.extract)
+    app.command("export")(export.export)
     app.command("train")(train.train)
     app.command("eval")(eval_cli.eval_cmd)
     app.command("demo")(demo.demo)
