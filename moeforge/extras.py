@@ -9,7 +9,8 @@ from types import ModuleType
 
 from moeforge.errors import ConfigError
 
-EXTRAS = {"s3": ("boto3", "botocore"), "bench": ("peft",), "postgres": ("psycopg",)}
+EXTRAS = {"s3": ("boto3", "botocore"), "bench": ("peft",), "postgres": ("psycopg",),
+          "deploy": ("model_signing", "OpenSSL", "cyclonedx")}
 
 
 def require(extra: str, feature: str) -> list[ModuleType]:

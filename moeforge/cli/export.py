@@ -52,7 +52,10 @@ def export(
     base, tokenizer = load_checkpoint(model, device)
     fingerprint = model_fingerprint(base)
     sources: dict = {}
-    card = {"base_model_name": model.resolve().name, "domain": name}
+    from moeforge.data.fingerprint import fingerprint_records
+
+    card = {"base_model_name": model.resolve().name, "domain": name, "base_fingerprint": fingerprint,
+            "datasets": {name: fingerprint_records(records)}, "license": "apache-2.0"}
     if entry:
         from moeforge.library.warm import warm_start
 
