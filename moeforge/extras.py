@@ -10,7 +10,7 @@ from types import ModuleType
 from moeforge.errors import ConfigError
 
 EXTRAS = {"s3": ("boto3", "botocore"), "bench": ("peft",), "postgres": ("psycopg",),
-          "deploy": ("model_signing", "OpenSSL", "cyclonedx")}
+          "deploy": ("model_signing", "OpenSSL", "cyclonedx"), "serve": ("fastapi", "uvicorn")}
 
 
 def require(extra: str, feature: str) -> list[ModuleType]:

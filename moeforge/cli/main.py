@@ -80,7 +80,7 @@ def _quiet_hugging_face(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from moeforge.cli import bundle, chain, data, demo, export, extract, library, miner, model, network, owner, profile, store, testbed, train, validator
+    from moeforge.cli import bundle, chain, data, demo, export, extract, library, miner, model, network, owner, profile, serve, store, testbed, train, validator
     from moeforge.cli import eval as eval_cli
 
     app.add_typer(testbed.app, name="testbed")
@@ -94,10 +94,12 @@ def _register() -> None:
     app.add_typer(network.app, name="network")
     app.add_typer(library.app, name="library")
     app.add_typer(bundle.app, name="bundle")
+    app.add_typer(serve.usage_app, name="usage")
     app.command("profile")(profile.profile)
     app.command("select")(profile.select)
     app.command("extract")(extract.extract)
     app.command("export")(export.export)
+    app.command("serve")(serve.serve)
     app.command("train")(train.train)
     app.command("eval")(eval_cli.eval_cmd)
     app.command("demo")(demo.demo)

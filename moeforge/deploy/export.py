@@ -131,18 +131,30 @@ def export_model(model, tokenizer, profile, out: Path, *, calibration: tuple, ev
     return ExportReport(Path(out), kept.k, layers[0].num_experts, kind.routing, approximate, scale, gaps, size, kept)
 
 
+def read_sidecar(folder: Path) -> dict:
+    """An export's sidecar (moeforge_export.json), checked for what the runtime and the ledger read."""
+    folder = Path(folder)
+    if not (folder / SIDECAR).is_file():
+        raise ArtifactNotFound(f"{folder}: not a moeforge export (no {SIDECAR}); run `moeforge export`.")
+    try:
+        sidecar = json.loads((folder / SIDECAR).read_text())
+        for experts in sidecar["layers"].values():
+            for e in experts:
+                int(e["id"]), int(e["original"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{folder / SIDECAR}: not a valid export sidecar ({exc}).") from None
+    return sidecar
+
+
 def load_exact(folder: Path, device: str = "cpu"):
     """An export with moeforge's exact routing (from its sidecar's full router rows): (model, sidecar)."""
     from moeforge.model.load import load_model
 
     folder = Path(folder)
-    if not (folder / SIDECAR).is_file() or not (folder / ROUTERS).is_file():
-        raise ArtifactNotFound(f"{folder}: not a moeforge export (no {SIDECAR} and {ROUTERS}); run `moeforge export`.")
-    try:
-        sidecar = json.loads((folder / SIDECAR).read_text())
-        kept = {int(layer): tuple(e["original"] for e in experts) for layer, experts in sidecar["layers"].items()}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{folder / SIDECAR}: not a valid export sidecar ({exc}).") from None
+    sidecar = read_sidecar(folder)
+    if not (folder / ROUTERS).is_file():
+        raise ArtifactNotFound(f"{folder}: no {ROUTERS} (the full router rows exact routing needs).")
+    kept = {int(layer): tuple(e["original"] for e in experts) for layer, experts in sidecar["layers"].items()}
     model = load_model(folder).to(device)
     if sidecar["routing"] == "denominator" and model.config.model_type in SOFTMAX_ROUTERS:
         rows = load_file(folder / ROUTERS)

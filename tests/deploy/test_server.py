@@ -1,0 +1,193 @@
+"""`moeforge serve` on a small-testbed export, through the official `openai` client and raw HTTP: the OpenAI routes,
+streaming that ends in [DONE], sampling options, batching, keys and limits in OpenAI's error shape, the signed usage
+ledger (a client that leaves mid-stream included), and a run with the network off."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2 as httpx
+import pytest
+from typer.testing import CliRunner
+
+from moeforge.cli.main import app as cli
+from tests.store.conftest import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="module")
+def export(small_testbed, tmp_path_factory):
+    _, model_dir = small_testbed
+    out = tmp_path_factory.mktemp("serve") / "maths-export"
+    result = CliRunner().invoke(cli, ["export", "--model", str(model_dir), "--data", "math", "--out", str(out), "--k", "4",
+                                      "--profile-tokens", "2048", "--eval-tokens", "1024"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(export, tmp_path_factory):
+    import uvicorn
+
+    from moeforge.cli.serve import build_app
+
+    tmp = tmp_path_factory.mktemp("ledger")
+    app, info = build_app(export, [KEY], "exact", tmp / "ledger", tmp / "usage.pem", 64, 24, 16, 64, "cpu")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_until(lambda: srv.started, timeout_s=60, what="the server")
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    yield {"url": f"http://127.0.0.1:{port}", "name": info["name"], "app": app, "ledger": tmp / "ledger", "pub": tmp / "usage.pub"}
+    srv.should_exit = True
+    thread.join(timeout=30)
+    app.state.engine.close()
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server['url']}/v1", api_key=KEY, max_retries=0)
+
+
+def test_models_chat_and_completions_answer_through_the_openai_client(client, server):
+    assert [m.id for m in client.models.list().data] == [server["name"]]
+    chat = client.chat.completions.create(model=server["name"], messages=[{"role": "user", "content": "What is 2+3?"}],
+                                          max_tokens=8, temperature=0)
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    assert chat.usage.completion_tokens <= 8 and chat.usage.prompt_tokens > 0
+    text = client.completions.create(model=server["name"], prompt="Question: 1+1?\nAnswer:", max_tokens=6, temperature=0)
+    assert text.choices[0].finish_reason in ("stop", "length") and text.usage.completion_tokens <= 6
+
+
+def test_streams_arrive_in_chunks_that_add_up_to_the_answer_and_end_with_done(client, server):
+    pieces = list(client.chat.completions.create(model=server["name"], messages=[{"role": "user", "content": "Count"}],
+                                                 max_tokens=10, temperature=0, stream=True))
+    streamed = "".join(p.choices[0].delta.content or "" for p in pieces)
+    assert pieces[0].choices[0].delta.role == "assistant" and pieces[-1].choices[0].finish_reason in ("stop", "length")
+    whole = client.chat.completions.create(model=server["name"], messages=[{"role": "user", "content": "Count"}], max_tokens=10,
+                                           temperature=0)
+    assert streamed == whole.choices[0].message.content  # greedy: the same answer either way
+    with httpx.stream("POST", f"{server['url']}/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": server["name"], "prompt": "Question: 7?\nAnswer:", "max_tokens": 5, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+
+
+def test_seed_temperature_top_p_stop_and_max_tokens_are_honoured(client, server):
+    def sample(seed):
+        return client.completions.create(model=server["name"], prompt="Question: 3+4?\nAnswer:", max_tokens=12, temperature=1.0,
+                                         top_p=0.9, seed=seed).choices[0].text
+    assert sample(7) == sample(7)
+    greedy = client.completions.create(model=server["name"], prompt="Question: 3+4?\nAnswer:", max_tokens=12, temperature=0)
+    assert greedy.choices[0].finish_reason == "length" or greedy.usage.completion_tokens < 12
+    text = greedy.choices[0].text
+    if len(text) > 3:
+        stop = text[2:4]
+        cut = client.completions.create(model=server["name"], prompt="Question: 3+4?\nAnswer:", max_tokens=12, temperature=0, stop=[stop])
+        assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_greedy_answer(client, server):
+    engine = server["app"].state.engine
+    prompts = [f"Question: {'x' * i} {i}+1?\nAnswer:" for i in range(8)]
+    alone = [client.completions.create(model=server["name"], prompt=p, max_tokens=6, temperature=0).choices[0].text for p in prompts[:2]]
+    before = engine.largest_batch
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda p: client.completions.create(model=server["name"], prompt=p, max_tokens=6,
+                                                                     temperature=0).choices[0].text, prompts))
+    assert max(before, engine.largest_batch) > 1
+    assert together[:2] == alone  # left padding and positions do not change an answer
+
+
+def test_bad_requests_get_openai_shaped_4xx_errors(server):
+    url, name = server["url"], server["name"]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    cases = [
+        ("get", "/v1/models", {}, None, 401),
+        ("get", "/v1/models", {"Authorization": "Bearer wrong"}, None, 401),
+        ("post", "/v1/chat/completions", auth, {"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404),
+        ("post", "/v1/chat/completions", auth, {"model": name, "messages": [{"role": "wizard", "content": "x"}]}, 400),
+        ("post", "/v1/chat/completions", auth, {"model": name, "messages": "hello"}, 400),
+        ("post", "/v1/completions", auth, {"model": name, "prompt": "x" * 500}, 400),
+        ("post", "/v1/completions", auth, {"model": name, "prompt": "x", "temperature": 9}, 400),
+        ("post", "/v1/completions", auth, {"model": name, "prompt": "x", "max_tokens": 0}, 400),
+        ("post", "/v1/completions", auth, {"model": name, "prompt": 3}, 400),
+    ]
+    for method, path, headers, body, status in cases:
+        r = getattr(httpx, method)(url + path, headers=headers, **({"json": body} if body is not None else {}))
+        assert r.status_code == status, (path, body, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+    r = httpx.post(url + "/v1/completions", headers={**auth, "Content-Type": "application/json"}, content=b"{not json")
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
+    long = httpx.post(url + "/v1/completions", headers=auth, json={"model": name, "prompt": "x " * 300}).json()["error"]
+    assert long["code"] == "context_length_exceeded"
+
+
+def test_a_client_leaving_mid_stream_stops_its_generation_and_the_ledger_stays_whole(server, client):
+    from moeforge.deploy.usage import verify_ledger
+
+    with httpx.stream("POST", f"{server['url']}/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": server["name"], "prompt": "Question: tell a long story\nAnswer:", "max_tokens": 24,
+                            "temperature": 1.0, "stream": True}) as r:
+        next(r.iter_lines())
+    wait_until(lambda: httpx.get(f"{server['url']}/health").json()["in_flight"] == 0, timeout_s=60, what="the request to end")
+    client.completions.create(model=server["name"], prompt="Question: 1?\nAnswer:", max_tokens=3)
+    totals, problems = verify_ledger(server["ledger"], server["pub"])
+    assert problems == []
+    records = [json.loads(line) for f in sorted(server["ledger"].glob("usage-*.jsonl")) for line in f.read_text().splitlines()]
+    assert totals["requests"] == len(records) > 0
+    for rec in records:  # every token in and out went through top-k experts in each MoE layer
+        assert sum(rec["experts"].values()) == sum(rec["entries"].values()) > 0
+    assert any(rec["finish_reason"] in ("cancelled", "length", "stop") for rec in records)
+
+
+def test_usage_report_verifies_the_chain_and_names_a_tampered_record(server, tmp_path, client):
+    client.completions.create(model=server["name"], prompt="Question: 2?\nAnswer:", max_tokens=3)
+    copy = tmp_path / "ledger"
+    shutil.copytree(server["ledger"], copy)
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["usage", "report", str(copy), "--public-key", str(server["pub"])])
+    assert ok.exit_code == 0 and "verified" in ok.output, ok.output
+    file = sorted(copy.glob("usage-*.jsonl"))[-1]
+    lines = file.read_text().splitlines()
+    record = json.loads(lines[0])
+    record["completion_tokens"] += 1000
+    file.write_text("\n".join([json.dumps(record, sort_keys=True), *lines[1:]]) + "\n")
+    bad = runner.invoke(cli, ["usage", "report", str(copy), "--public-key", str(server["pub"])])
+    assert bad.exit_code == 1 and f"{file.name}:1: its hash does not match its content" in " ".join(bad.output.split())
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux) for a network namespace")
+def test_the_server_answers_in_a_network_namespace_with_no_interface_but_loopback(export, tmp_path):
+    script = f"""
+set -e
+ip link set lo up
+{sys.executable} -m moeforge serve {export} --port 8791 --api-key {KEY} --ledger {tmp_path}/ledger --ledger-key {tmp_path}/k.pem &
+for i in $(seq 1 300); do {sys.executable} -c "import httpx2; httpx2.get('http://127.0.0.1:8791/health')" 2>/dev/null && break; sleep 0.2; done
+{sys.executable} -c "
+from openai import OpenAI
+c = OpenAI(base_url='http://127.0.0.1:8791/v1', api_key='{KEY}', max_retries=0)
+r = c.chat.completions.create(model='{export.name}', messages=[{{'role': 'user', 'content': 'hi'}}], max_tokens=4)
+print('ANSWER', r.usage.completion_tokens)
+"
+kill %1
+"""
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare -n is not permitted here: {probe.stderr.decode().strip()}")
+    done = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MOEFORGE_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ANSWER" in done.stdout
+    routes = subprocess.run(["unshare", "-n", "ip", "route"], capture_output=True, text=True)
+    assert routes.stdout.strip() == ""  # no route anywhere: nothing but loopback exists in such a namespace
