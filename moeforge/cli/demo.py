@@ -4,10 +4,13 @@
 the owner profiles the routing and selects experts by ESFT-Token, miners (one per memory mode)
 train them in rounds, validators score every update on held-out data and merge the best; then
 3. GSM8K test loss and WikiText-2 perplexity of the base model and of the job's final experts; 4. the
-expert library entry the job was deposited as. Run again, the job is matched to that entry and its
+expert library entry the job was deposited as; 5. that entry exported right-sized, bundled and
+verified, served locally behind an OpenAI-compatible API for one streamed chat answer, and the
+usage it metered per expert. Run again, the job is matched to the first run's entry and its
 experts start from it (a warm start), which the output says.
 """
 
+import time
 from pathlib import Path
 
 import typer
@@ -16,6 +19,7 @@ from rich.table import Table
 
 from moeforge.cli.inputs import DeviceOption
 from moeforge.cli.testbed import build_or_reuse, print_report
+from moeforge.errors import RoleFailed
 
 console = Console()
 
@@ -57,7 +61,9 @@ def demo(
     _warm_start_line(net.job())
     print_record(record, console, net.names())
     _before_after(path, report.config.seq_len, record, net, eval_tokens, device)
-    _library_entry(net)
+    entry = _library_entry(net)
+    if entry is not None:
+        _deploy(path, entry, net.plan.run_dir, eval_tokens, device)
     console.print(f"run folder: {net.plan.run_dir}", highlight=False, soft_wrap=True)
 
 
@@ -79,7 +85,7 @@ def _library_entry(net) -> None:
     path = net.owner.run_dir / ENTRY_FILE
     if not path.is_file():
         console.print("the job adopted no update, so nothing new went into the expert library")
-        return
+        return None
     entry = path.read_text().strip()
     library = open_library_urls(None, None)
     manifest = library.manifest(entry)
@@ -97,6 +103,73 @@ def _library_entry(net) -> None:
     table.add_row("contributors", ", ".join(f"{names.get(c.id, c.id[:12] + '…')} {c.share:.1%}" for c in manifest.contributors))
     table.add_row("library", f"{len(library.catalog.entries())} entries in {library.catalog.url}")
     console.print(table)
+    return entry
+
+
+def _deploy(model_dir: Path, entry: str, run_dir: Path, eval_tokens: int, device: str) -> None:
+    """Export the entry right-sized, bundle and verify it, serve it locally, stream one chat answer, show its usage."""
+    import threading
+
+    import uvicorn
+
+    from moeforge.cli.bundle import create, default_key, verify
+    from moeforge.cli.export import export
+    from moeforge.cli.serve import build_app
+    from moeforge.deploy.bundle import public_path
+    from moeforge.deploy.usage import verify_ledger
+
+    console.print("[bold]deployment[/bold]: the entry's experts exported right-sized, bundled for an air-gapped site, "
+                  "and served locally behind an OpenAI-compatible API")
+    export(model=model_dir, out=run_dir / "export", entry=[entry], delta=None, data="math", prompt_field=None, response_field=None,
+           text_field=None, coverage=0.9, k=None, score="token", profile_tokens=16_384, eval_tokens=min(eval_tokens, 16_384),
+           catalog=None, library_store=None, device=device)
+    create(export=run_dir / "export", out=run_dir / "bundle", key=None, tar=False, wheelhouse=False)
+    verify(bundle=run_dir / "bundle", public_key=public_path(default_key()))
+    app, info = build_app(run_dir / "bundle", None, "exact", run_dir / "usage", None, 1024, 48, 8, 16, device)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="moeforge-demo-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RoleFailed("the local server did not start")
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        question = "Natalia sold 48 clips in April and half as many in May. How many clips did she sell altogether?"
+        console.print(f"POST http://127.0.0.1:{port}/v1/chat/completions (streamed), user: {question}", highlight=False, soft_wrap=True)
+        console.print("assistant: ", end="", highlight=False)
+        for piece in _stream_chat(port, info["keys"][0], info["name"], question):
+            console.print(piece, end="", highlight=False, markup=False)
+        console.print()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        app.state.engine.close()
+    totals, problems = verify_ledger(run_dir / "usage", public_path(info["ledger_key"]))
+    hits = ", ".join(f"{e[:12] + '…' if e != 'base' else 'base'} {n:,}" for e, n in totals["entries"].most_common())
+    console.print(f"usage metered: {totals['requests']} request, {totals['prompt_tokens']} tokens in, {totals['completion_tokens']} "
+                  f"out; routed-expert hits per library entry: {hits}; ledger {'verified' if not problems else 'BROKEN'} "
+                  f"({run_dir / 'usage'}); server stopped", highlight=False, soft_wrap=True)
+
+
+def _stream_chat(port: int, key: str, model: str, question: str):
+    """The text pieces of one streamed chat answer, read as server-sent events with the standard library."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 48,
+                       "temperature": 0, "stream": True}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            delta = json.loads(line[6:])["choices"][0].get("delta", {})
+            if delta.get("content"):
+                yield delta["content"]
 
 
 def _before_after(model_dir: Path, seq_len: int, record, net, eval_tokens: int, device: str) -> None:

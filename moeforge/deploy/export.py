@@ -126,7 +126,7 @@ def export_model(model, tokenizer, profile, out: Path, *, calibration: tuple, ev
 
     write_folder(Path(out), fill)
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors") if p.name != ROUTERS)
-    log.info("exported K=%d of %d experts per layer to %s (%s)", kept.k, layers[0].num_experts, out,
+    log.debug("exported K=%d of %d experts per layer to %s (%s)", kept.k, layers[0].num_experts, out,
              "approximate routing" if approximate else "exact routing")
     return ExportReport(Path(out), kept.k, layers[0].num_experts, kind.routing, approximate, scale, gaps, size, kept)
 
@@ -182,7 +182,7 @@ def _calibrate(sliced, key: str, base_scale: float, rows: tuple) -> float:
             break
         best = nxt
     loss_at(best)
-    log.info("calibrated %s = %.4f (loss %.4f; base scale %.4f gives %.4f)", key, best, tried[best], base_scale, tried[base_scale])
+    log.debug("calibrated %s = %.4f (loss %.4f; base scale %.4f gives %.4f)", key, best, tried[best], base_scale, tried[base_scale])
     return best
 
 

@@ -14,7 +14,9 @@ def test_every_command_has_help():
                  ["owner"], ["owner", "publish"], ["owner", "run"], ["miner"], ["miner", "run"], ["validator"],
                  ["validator", "run"], ["network"], ["network", "up"], ["library"],
                  *[["library", c] for c in ("ls", "show", "search", "lineage", "card", "retire", "verify", "add", "match",
-                                            "combine", "migrate")]):
+                                            "combine", "migrate")],
+                 ["export"], ["serve"], ["bundle"], ["bundle", "create"], ["bundle", "verify"], ["bundle", "keygen"], ["usage"],
+                 ["usage", "report"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output

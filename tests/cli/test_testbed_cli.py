@@ -32,6 +32,11 @@ def test_demo_reports_the_testbed_losses_and_runs_the_maths_job_through_a_local_
     # the job went into the expert library; run again, the demo's job warm-starts from it and says so
     entry = (tmp_path / "run" / "job" / ENTRY_FILE).read_text().strip()
     assert "cold start" in result.output and f"expert library entry {entry[:12]}" in result.output
+    # and deployed: exported right-sized, bundled and verified, served, one streamed answer metered in a verified ledger
+    output = " ".join(result.output.split())
+    assert "export: " in output and "verified: every file matches SHA256SUMS and the signature verifies" in output
+    assert "assistant:" in output and "usage metered: 1 request" in output and "ledger verified" in output
+    assert (tmp_path / "run" / "export" / "config.json").is_file() and (tmp_path / "run" / "bundle" / "SHA256SUMS").is_file()
     again = runner.invoke(app, ["demo", "--preset", "small", "--out", str(out), "--miners", "2", "--validators", "1",
                                 "--rounds", "1", "--eval-tokens", "1024", "--run", str(tmp_path / "again")])
     assert again.exit_code == 0, again.output
