@@ -129,6 +129,7 @@ def create_app(engine: Engine, *, model_name: str, keys: list[str], limits: Limi
             raise ApiError(429, f"{limits.max_in_flight} requests are in flight; retry shortly", type="rate_limit_error")
         state["in_flight"] += 1
         in_flight.set(state["in_flight"])
+        request.out = _Sink(asyncio.get_running_loop())
         engine.submit(request)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         now = int(time.time())
@@ -154,7 +155,7 @@ def create_app(engine: Engine, *, model_name: str, keys: list[str], limits: Limi
             result = await _wait(request)
         except asyncio.CancelledError:  # the client went away: stop its generation; the engine still reports what it made
             request.cancelled.set()
-            asyncio.get_running_loop().run_in_executor(None, _drain, request, finish)
+            _background(_drain(request, finish))
             raise
         except ApiError:
             finish(None)
@@ -204,9 +205,32 @@ def _request(engine: Engine, data: dict, prompt: str, limits: Limits) -> Request
                    top_p=number("top_p", 1.0, 0.0, 1.0), stop=tuple(stop), seed=seed)
 
 
+class _Sink:
+    """What the engine's thread puts a request's pieces into, read with `await get()` on the server's event loop.
+    Unlike a thread blocked on a queue, a cancelled reader leaves nothing behind to swallow the next piece."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def put(self, item) -> None:  # from the engine's thread
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    async def get(self):
+        return await self.queue.get()
+
+
+_TASKS: set = set()  # background tasks, kept referenced until done
+
+
+def _background(coroutine) -> None:
+    task = asyncio.ensure_future(coroutine)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
 async def _wait(request: Request) -> Result:
     while True:
-        kind, value = await asyncio.to_thread(request.out.get)
+        kind, value = await request.out.get()
         if kind == "done":
             return value
         if kind == "error":
@@ -230,7 +254,7 @@ async def _stream(request: Request, rid: str, created: int, model: str, chat: bo
         if chat:
             yield chunk(None, None, first=True)
         while True:
-            kind, value = await asyncio.to_thread(request.out.get)
+            kind, value = await request.out.get()
             if kind == "text":
                 yield chunk(value, None)
             elif kind == "done":
@@ -247,15 +271,15 @@ async def _stream(request: Request, rid: str, created: int, model: str, chat: bo
             finish(None)
         elif result is None:  # the client went away mid-stream: stop generating, and still account for what was made
             request.cancelled.set()
-            asyncio.get_running_loop().run_in_executor(None, _drain, request, finish)
+            _background(_drain(request, finish))
         else:
             finish(result)
 
 
-def _drain(request: Request, finish) -> None:
-    """Wait (in a worker thread) for a cancelled request's end, and account for it: the ledger stays whole."""
+async def _drain(request: Request, finish) -> None:
+    """Wait for a cancelled request's end, and account for it: the ledger stays whole."""
     while True:
-        kind, value = request.out.get()
+        kind, value = await request.out.get()
         if kind in ("done", "error"):
             finish(value if kind == "done" else None)
             return
