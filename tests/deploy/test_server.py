@@ -191,3 +191,52 @@ kill %1
     assert "ANSWER" in done.stdout
     routes = subprocess.run(["unshare", "-n", "ip", "route"], capture_output=True, text=True)
     assert routes.stdout.strip() == ""  # no route anywhere: nothing but loopback exists in such a namespace
+
+
+def test_the_standard_export_answers_the_same_under_transformers_serve(export, tmp_path):
+    """The ecosystem's own server loads the standard checkpoint and, greedy, says what moeforge's server says with the
+    checkpoint's own (standard) routing."""
+    import socket
+
+    import uvicorn
+    from openai import OpenAI
+
+    from moeforge.cli.serve import build_app
+
+    tserve = shutil.which("transformers", path=os.path.dirname(sys.executable))
+    if tserve is None:
+        pytest.skip("the transformers CLI is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([tserve, "serve", str(export), "--port", str(port), "--host", "127.0.0.1", "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    app, info = build_app(export, [KEY], "standard", tmp_path / "ledger", tmp_path / "k.pem", 256, 16, 4, 8, "cpu")
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout_s=120, what="transformers serve")
+        wait_until(lambda: srv.started, timeout_s=60, what="moeforge serve")
+        ours = OpenAI(base_url=f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}/v1", api_key=KEY, max_retries=0)
+        theirs = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        prompt = "Question: 1+1?\nAnswer:"
+        a = ours.completions.create(model=info["name"], prompt=prompt, max_tokens=8, temperature=0).choices[0].text
+        b = theirs.completions.create(model=str(export), prompt=prompt, max_tokens=8, temperature=0).choices[0].text
+        assert a == b, (a, b)
+        chunks = list(theirs.chat.completions.create(model=str(export), messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                                      stream=True))
+        assert chunks and chunks[0].choices[0].delta.role == "assistant"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        srv.should_exit = True
+        thread.join(timeout=30)
+        app.state.engine.close()
