@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from line_search import doubling, halving, line_search
+from base import testbed_base
 from provenance import Run
 
 from moeforge.data.corpora import load_corpus
@@ -46,12 +47,9 @@ from moeforge.library.match import match_records
 from moeforge.library.open import open_library
 from moeforge.library.warm import warm_start
 from moeforge.model.fingerprint import model_fingerprint
-from moeforge.model.load import load_model
 from moeforge.model.slices import apply_slice, extract_slice
 from moeforge.profile.selection import select_experts
 from moeforge.profile.stats import ProfileConfig, profile_records
-from moeforge.testbed.build import build_testbed
-from moeforge.testbed.config import preset
 from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
@@ -91,16 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch_threads()
     logging.basicConfig(level=logging.WARNING)
 
-    cfg = preset(args.preset)
-    home = Path(os.environ.get("MOEFORGE_HOME") or Path.home() / ".cache" / "moeforge")
-    base_dir = args.testbed or home / "testbed" / f"{args.preset}-{cfg.key()}"
-    build_testbed(cfg, base_dir)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = load_model(base_dir)
+    testbed = testbed_base(args.preset, args.testbed)
+    base_dir, model, tokenizer = testbed.folder, testbed.model, testbed.tokenizer
     fingerprint = model_fingerprint(model)
-    seq_len = cfg.seq_len
+    seq_len = testbed.seq_len
     with tempfile.TemporaryDirectory(prefix="moeforge-compounding-") as folder:
         library = open_library(f"sqlite:///{folder}/catalog.sqlite", f"{folder}/store")  # a fresh library, every run alike
         bench = Bench(model, tokenizer, fingerprint, seq_len, args, library)

@@ -46,7 +46,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from moeforge.data.corpora import load_corpus
 from moeforge.eval.domain import domain_loss, rows_loss
@@ -63,12 +62,11 @@ from moeforge.network.state import StateRef, fetch_state
 from moeforge.network.transport import unpack
 from moeforge.network.validator_round import eval_batches
 from moeforge.store.local import LocalStore
-from moeforge.testbed.build import build_testbed
-from moeforge.testbed.config import preset
 from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
 from line_search import line_search
+from base import testbed_base
 from provenance import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
@@ -147,13 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    cfg = preset(args.preset)
-    home = Path(os.environ.get("MOEFORGE_HOME") or Path.home() / ".cache" / "moeforge")
-    base_dir = args.testbed or home / "testbed" / f"{args.preset}-{cfg.key()}"
-    build_testbed(cfg, base_dir)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = load_model(base_dir)
-    seq_len = cfg.seq_len
+    testbed = testbed_base(args.preset, args.testbed)
+    base_dir, model, tokenizer = testbed.folder, testbed.model, testbed.tokenizer
+    seq_len = testbed.seq_len
     records = list(load_corpus("math", "train"))[: args.records]
     test_records = load_corpus("math", "test")
     modes = args.modes.split(",") if args.modes else [MODES[i % len(MODES)] for i in range(args.miners)]

@@ -28,6 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from base import testbed_base
 from provenance import Run
 
 from moeforge.data.corpora import load_corpus
@@ -38,14 +39,11 @@ from moeforge.deploy.coverage import keep_experts
 from moeforge.deploy.export import export_model
 from moeforge.eval.domain import packed_rows
 from moeforge.model.fingerprint import model_fingerprint
-from moeforge.model.load import load_model
 from moeforge.model.shipped import shipped_config
 from moeforge.model.sizing import size_of_config
 from moeforge.model.slices import apply_slice
 from moeforge.profile.selection import select_experts
 from moeforge.profile.stats import ProfileConfig, profile_records
-from moeforge.testbed.build import build_testbed
-from moeforge.testbed.config import preset
 from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
@@ -77,16 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    cfg = preset(args.preset)
-    home = Path(os.environ.get("MOEFORGE_HOME") or Path.home() / ".cache" / "moeforge")
-    base_dir = args.testbed or home / "testbed" / f"{args.preset}-{cfg.key()}"
-    build_testbed(cfg, base_dir)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = load_model(base_dir)
+    testbed = testbed_base(args.preset, args.testbed)
+    base_dir, model, tokenizer = testbed.folder, testbed.model, testbed.tokenizer
     fingerprint = model_fingerprint(model)
-    seq_len = cfg.seq_len
+    seq_len = testbed.seq_len
 
     # 1. the GSM8K entry's experts, in place
     train = load_corpus("math", "train")

@@ -21,12 +21,10 @@ domain gain against its drift along its checkpoints, at the picked learning rate
 """
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from transformers import AutoTokenizer
 
 from moeforge.data.corpora import load_corpus
 from moeforge.data.formatting import encode_records
@@ -44,12 +42,11 @@ from moeforge.model.sizing import size_of_model
 from moeforge.model.slices import apply_slice, remove_delta
 from moeforge.profile.selection import SelectConfig, coverage_selection, random_selection, select_experts
 from moeforge.profile.stats import ProfileConfig, profile_records
-from moeforge.testbed.build import build_testbed
-from moeforge.testbed.config import preset
 from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 
 from line_search import doubling, halving, line_search
+from base import testbed_base
 from provenance import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
@@ -87,14 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
         for name, value in QUICK.items():
             setattr(args, name, value)
 
-    cfg = preset(args.preset)
-    home = Path(os.environ.get("MOEFORGE_HOME") or Path.home() / ".cache" / "moeforge")
-    base_dir = args.out or home / "testbed" / f"{args.preset}-{cfg.key()}"
-    build_testbed(cfg, base_dir)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    base = load_model(base_dir)
+    testbed = testbed_base(args.preset, args.out)
+    base_dir, base, tokenizer = testbed.folder, testbed.model, testbed.tokenizer
     fingerprint = model_fingerprint(base)
-    seq_len = cfg.seq_len
+    seq_len = testbed.seq_len
     train_records, test_records = load_corpus("math", "train"), load_corpus("math", "test")
 
     train_records, val_records = train_records[: -args.val_records], train_records[-args.val_records:]

@@ -16,7 +16,6 @@ network at signing or verification time, which an air-gapped customer requires; 
 a shipped trusted root and its transparency log to mean anything.
 """
 
-import hashlib
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moeforge.errors import ArtifactNotFound, ConfigError, DataError, MoeforgeError
+from moeforge.store.protocol import sha256_stream
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +200,8 @@ def _files(folder: Path) -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(f)[0]
 
 
 def describe(check: Check) -> str:
