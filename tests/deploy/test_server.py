@@ -240,3 +240,13 @@ def test_the_standard_export_answers_the_same_under_transformers_serve(export, t
         srv.should_exit = True
         thread.join(timeout=30)
         app.state.engine.close()
+
+
+def test_health_and_prometheus_metrics_count_what_was_served(server, client):
+    client.completions.create(model=server["name"], prompt="Question: 5?\nAnswer:", max_tokens=2)
+    health = httpx.get(f"{server['url']}/health").json()
+    assert health["status"] == "ok" and health["model"] == server["name"]
+    text = httpx.get(f"{server['url']}/metrics").text
+    served = [line for line in text.splitlines() if line.startswith('moeforge_serve_requests_total{endpoint="completions"')]
+    assert served and sum(float(line.split()[-1]) for line in served) >= 1
+    assert "moeforge_serve_tokens_total" in text and "moeforge_serve_time_to_first_token_seconds_count" in text
