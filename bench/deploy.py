@@ -7,6 +7,8 @@ Issue 12's benchmark; DESIGN.md "Deployment". On the testbed:
    expert down to top-k, the export's weight bytes, held-out GSM8K test loss and WikiText-2 perplexity of
    the standard (approximate, calibrated) checkpoint and of moeforge's exact routing, against the unpruned
    fine-tuned model; the K the exporter picks at its default coverage (0.9).
+   The default is `moeforge export`'s: the coverage's K, then lower while the served model's loss on calibration
+   rows (GSM8K train, never the reported test rows) stays within the gap budget (1%).
 3. Serving, at that K: tokens/s and time to first token for 1, 4 and 16 concurrent streaming clients,
    moeforge's server against `transformers serve` on the same export, same machine, same run.
 4. DeepSeek-V2-Lite's byte plan from its shipped config on the meta device, with the testbed's kept
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-tokens", type=int, default=16_384)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--coverage", type=float, default=0.9)
+    parser.add_argument("--gap-budget", type=float, default=0.01, help="the exporter's default: calibration-loss budget below the coverage's K")
     parser.add_argument("--ks", type=int, default=8, help="how many K values between all experts and top-k")
     parser.add_argument("--clients", default="1,4,16", help="concurrent streaming clients, comma-separated")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens each client asks for")
@@ -95,12 +98,17 @@ def main(argv: list[str] | None = None) -> dict:
     calibration = packed_rows(tokenizer, split_records(train, "deploy-bench", validation=0.05, heldout=0.01).validation,
                               seq_len=seq_len, max_tokens=rows)
     evaluation = packed_rows(tokenizer, load_corpus("math", "test"), seq_len=seq_len, max_tokens=rows)
-    default = keep_experts(tuned, coverage=args.coverage)
     experts, top_k = tuned.num_experts, tuned.top_k
-    ks = sorted({experts, top_k, default.k, *[round(experts - i * (experts - top_k) / max(1, args.ks - 1)) for i in range(args.ks)]},
-                reverse=True)
+    coverage_k = keep_experts(tuned, coverage=args.coverage).k
 
     with tempfile.TemporaryDirectory(prefix="moeforge-deploy-") as folder:
+        default = export_model(model, tokenizer, tuned, Path(folder) / "default", calibration=calibration, evaluation=evaluation,
+                               coverage=args.coverage, gap_budget=args.gap_budget or None, seq_len=seq_len,
+                               general_tokens=args.eval_tokens, card={"domain": "math"})  # what `moeforge export` picks by default
+        print(f"default export: coverage {args.coverage:g} gives K={coverage_k}; gap budget {args.gap_budget:g} on calibration rows "
+              f"gives K={default.k}", flush=True)
+        ks = sorted({experts, top_k, coverage_k, default.k,
+                     *[round(experts - i * (experts - top_k) / max(1, args.ks - 1)) for i in range(args.ks)]}, reverse=True)
         per_k, unpruned = [], None
         for k in ks:
             report = export_model(model, tokenizer, tuned, Path(folder) / f"k{k}", calibration=calibration, evaluation=evaluation, k=k,
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"K={k:3d}: {report.bytes:,} bytes · domain loss standard {g.standard_domain_loss:.4f} ({100 * g.gap('standard'):+.2f}%)"
                   + (f", exact {g.exact_domain_loss:.4f} ({100 * g.gap('exact'):+.2f}%)" if g.exact_domain_loss is not None else "")
                   + f" · unpruned {g.unpruned_domain_loss:.4f}", flush=True)
-        serving = _serving(Path(folder) / f"k{default.k}", [int(c) for c in args.clients.split(",")], args.new_tokens)
+        serving = _serving(Path(folder) / "default", [int(c) for c in args.clients.split(",")], args.new_tokens)
         general_unpruned = g.unpruned_general_ppl
 
     lite = shipped_config("deepseek-v2-lite")
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     lite_bytes = size_of_config(lite).total_bytes
     default_row = next(r for r in per_k if r["k"] == default.k)
     result = {
-        "export": per_k, "default_k": default.k, "default_coverage": args.coverage, "experts_per_layer": experts, "top_k": top_k,
+        "export": per_k, "default_k": default.k, "default_coverage": args.coverage, "coverage_k": coverage_k,
+        "default_gap_budget": args.gap_budget, "experts_per_layer": experts, "top_k": top_k,
         "default_share": default.k / experts, "unpruned_domain_loss": unpruned, "unpruned_general_ppl": general_unpruned,
         "default_domain_gap_exact": default_row["domain_gap_exact"], "default_domain_gap_standard": default_row["domain_gap_standard"],
         "serving": serving,

@@ -121,7 +121,7 @@ def _deploy(model_dir: Path, entry: str, run_dir: Path, eval_tokens: int, device
     console.print("[bold]deployment[/bold]: the entry's experts exported right-sized, bundled for an air-gapped site, "
                   "and served locally behind an OpenAI-compatible API")
     export(model=model_dir, out=run_dir / "export", entry=[entry], delta=None, data="math", prompt_field=None, response_field=None,
-           text_field=None, coverage=0.9, k=None, score="token", profile_tokens=16_384, eval_tokens=min(eval_tokens, 16_384),
+           text_field=None, coverage=0.9, k=None, gap_budget=0.01, score="token", profile_tokens=16_384, eval_tokens=min(eval_tokens, 16_384),
            catalog=None, library_store=None, device=device)
     create(export=run_dir / "export", out=run_dir / "bundle", key=None, tar=False, wheelhouse=False)
     verify(bundle=run_dir / "bundle", public_key=public_path(default_key()))

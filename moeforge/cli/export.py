@@ -26,6 +26,9 @@ def export(
     prompt_field: PromptFieldOpt = None, response_field: ResponseFieldOpt = None, text_field: TextFieldOpt = None,
     coverage: Annotated[float, typer.Option("--coverage", help="Share of the domain's routing the kept experts must hold per layer.")] = 0.9,
     k: Annotated[int | None, typer.Option("--k", help="Keep exactly K experts per layer instead (at least top-k).")] = None,
+    gap_budget: Annotated[float, typer.Option("--gap-budget", min=0.0, help=(
+        "Then go below the coverage's K while the served model's loss on calibration rows stays within this share of the "
+        "unpruned model's (0: the coverage's K)."))] = 0.01,
     score: Annotated[str, typer.Option("--score", help="Rank experts by token (routing mass) or saliency (REAP).")] = "token",
     profile_tokens: Annotated[int, typer.Option("--profile-tokens", min=1, help="Tokens of the data profiled.")] = 32_768,
     eval_tokens: Annotated[int, typer.Option("--eval-tokens", min=1, help="Tokens per gap measurement.")] = 16_384,
@@ -84,7 +87,8 @@ def export(
     evaluation = packed_rows(tokenizer, splits.heldout, seq_len=seq_len, max_tokens=rows * seq_len)
     with console.status("slicing, calibrating and measuring the gaps"):
         report = export_model(base, tokenizer, profile, out, calibration=calibration, evaluation=evaluation, coverage=coverage,
-                              k=k, score=score, sources=sources, seq_len=seq_len, general_tokens=eval_tokens, card=card)
+                              k=k, score=score, sources=sources, seq_len=seq_len, general_tokens=eval_tokens, card=card,
+                              gap_budget=gap_budget or None)
     _print(report)
 
 
@@ -99,6 +103,8 @@ def _print(report) -> None:
     if g.exact_domain_loss is not None:
         table.add_row("moeforge exact routing", f"{g.exact_domain_loss:.4f}", f"{100 * g.gap('exact'):+.2f}%", f"{g.exact_general_ppl:.2f}")
     console.print(table)
+    if report.coverage_k != report.k:
+        console.print(f"coverage gave K={report.coverage_k}; the gap budget on calibration rows took it to K={report.k}", highlight=False)
     if report.approximate and report.routing == "denominator":
         console.print(f"gate scale calibrated to {report.scale:.4f}", highlight=False)
     console.print(f"wrote {report.out} (loads with transformers.AutoModelForCausalLM.from_pretrained)", highlight=False, soft_wrap=True)

@@ -66,16 +66,19 @@ class ExportReport:
     gaps: Gaps
     bytes: int
     kept: KeptExperts
+    coverage_k: int  # the K the coverage alone gives (k is smaller when a gap budget took it lower)
 
 
 def export_model(model, tokenizer, profile, out: Path, *, calibration: tuple, evaluation: tuple, coverage: float = 0.9,
                  k: int | None = None, score: str = "token", sources: dict | None = None, seq_len: int = 256,
-                 general_tokens: int = 16_384, card: dict | None = None) -> ExportReport:
+                 general_tokens: int = 16_384, card: dict | None = None, gap_budget: float | None = None) -> ExportReport:
     """Export `model` (already holding its fine-tuned experts; left unchanged) to `out`.
 
     `profile`: the fine-tuned model's routing on the customer's data; `calibration`/`evaluation`: (input_ids, labels)
     rows of that data, the first to calibrate the correction, the second to measure the gaps; `sources`: (layer, expert)
-    → the library entry its weights came from (else the base)."""
+    → the library entry its weights came from (else the base). `gap_budget` (with k None): below the coverage's K, the
+    smallest K whose loss on the calibration rows, as served (exact where exact.py applies), stays within that share of
+    the unpruned model's (calibration rows only: the evaluation rows that report the gap never choose it)."""
     from moeforge.atomic import write_folder
     from moeforge.eval.domain import rows_loss
     from moeforge.eval.general import general_perplexity
@@ -84,6 +87,9 @@ def export_model(model, tokenizer, profile, out: Path, *, calibration: tuple, ev
     kind = router_kind(model.config)
     layers = moe_layers(model)
     base_scale = float(getattr(model.config, kind.scale_key, 1.0) or 1.0) if kind.scale_key else 1.0
+    full_rows = {layer.index: layer.router.weight.detach().clone() for layer in layers}
+    if gap_budget is not None and k is None:
+        kept = _smallest_within(model, profile, kept, calibration, gap_budget, score=score, full_rows=full_rows, base_scale=base_scale)
 
     def losses(m) -> tuple[float, float]:
         d = rows_loss(m, *evaluation).loss
@@ -97,7 +103,6 @@ def export_model(model, tokenizer, profile, out: Path, *, calibration: tuple, ev
         scale = _calibrate(sliced, kind.scale_key, base_scale, calibration)
     standard = losses(sliced)
     exact = (None, None)
-    full_rows = {layer.index: layer.router.weight.detach().clone() for layer in layers}
     if kind.routing == "denominator" and model.config.model_type in SOFTMAX_ROUTERS:
         runtime = build_sliced(model, kept.kept)
         route_exactly(runtime, full_rows, kept.kept, scale=base_scale)
@@ -106,7 +111,8 @@ def export_model(model, tokenizer, profile, out: Path, *, calibration: tuple, ev
     approximate = kind.routing != "exact"
     sidecar = {
         "version": 1, "base_model": getattr(model.config, "_name_or_path", None), "model_type": model.config.model_type,
-        "k": kept.k, "num_experts": layers[0].num_experts, "coverage": coverage, "score": score,
+        "k": kept.k, "num_experts": layers[0].num_experts, "coverage": coverage, "score": score, "gap_budget": gap_budget,
+        "coverage_k": keep_experts(profile, coverage=coverage, score=score).k,
         "routing": kind.routing, "approximate": approximate, "scale_key": kind.scale_key, "base_scale": base_scale, "scale": scale,
         "layers": {str(layer): [{"id": new, "original": orig, "entry": (sources or {}).get((layer, orig))}
                                 for new, orig in enumerate(ids)] for layer, ids in kept.kept.items()},
@@ -128,7 +134,8 @@ def export_model(model, tokenizer, profile, out: Path, *, calibration: tuple, ev
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors") if p.name != ROUTERS)
     log.debug("exported K=%d of %d experts per layer to %s (%s)", kept.k, layers[0].num_experts, out,
              "approximate routing" if approximate else "exact routing")
-    return ExportReport(Path(out), kept.k, layers[0].num_experts, kind.routing, approximate, scale, gaps, size, kept)
+    return ExportReport(Path(out), kept.k, layers[0].num_experts, kind.routing, approximate, scale, gaps, size, kept,
+                        sidecar["coverage_k"])
 
 
 def read_sidecar(folder: Path) -> dict:
@@ -162,6 +169,31 @@ def load_exact(folder: Path, device: str = "cpu"):
         full = {layer.index: rows[f"{layer.prefix}.{router}.weight"] for layer in moe_layers(model)}
         route_exactly(model, full, kept, scale=float(sidecar["base_scale"]))
     return model, sidecar
+
+
+def _served(model, kept: dict, full_rows: dict, base_scale: float):
+    """The sliced model as `moeforge serve` runs it by default: exact routing where exact.py applies."""
+    sliced = build_sliced(model, kept)
+    if router_kind(model.config).routing == "denominator" and model.config.model_type in SOFTMAX_ROUTERS:
+        route_exactly(sliced, full_rows, kept, scale=base_scale)
+    return sliced
+
+
+def _smallest_within(model, profile, start: KeptExperts, rows: tuple, budget: float, *, score: str, full_rows: dict,
+                     base_scale: float) -> KeptExperts:
+    """Step K down from `start.k` towards top-k while the served model's calibration loss stays within the budget."""
+    from moeforge.eval.domain import rows_loss
+
+    reference = rows_loss(model, *rows).loss
+    best = start
+    for k in range(start.k - 1, profile.top_k - 1, -1):
+        candidate = keep_experts(profile, score=score, k=k)
+        loss = rows_loss(_served(model, candidate.kept, full_rows, base_scale), *rows).loss
+        if loss > reference * (1 + budget):
+            break
+        best = candidate
+    log.debug("gap budget %.3f: K %d (coverage gave %d)", budget, best.k, start.k)
+    return best
 
 
 def _calibrate(sliced, key: str, base_scale: float, rows: tuple) -> float:

@@ -120,3 +120,18 @@ def test_bad_export_input_is_one_clear_line(delta, tmp_path):
         assert result.exit_code == 1, (extra, result.output)
         assert message in result.output and "Traceback" not in result.output, (extra, result.output)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_gap_budget_takes_k_below_the_coverage_while_calibration_loss_allows(delta, tmp_path):
+    from moeforge.deploy.export import SIDECAR
+
+    model_dir, delta_dir = delta
+    common = ("--model", model_dir, "--delta", delta_dir, "--data", "math", "--coverage", 0.9, "--profile-tokens", 4096,
+              "--eval-tokens", 2048)
+    loose = invoke("export", *common, "--out", tmp_path / "loose", "--gap-budget", 0.5)
+    plain = invoke("export", *common, "--out", tmp_path / "plain", "--gap-budget", 0)
+    assert loose.exit_code == 0 and plain.exit_code == 0, loose.output + plain.output
+    a, b = (json.loads((tmp_path / name / SIDECAR).read_text()) for name in ("loose", "plain"))
+    assert b["k"] == b["coverage_k"] and a["coverage_k"] == b["coverage_k"]
+    assert a["k"] == 2 < b["k"]  # a 50% budget on the calibration rows lets every K down to top-k through
+    assert "the gap budget on calibration rows took it to K=2" in " ".join(loose.output.split())
