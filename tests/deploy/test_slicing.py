@@ -99,3 +99,16 @@ def test_coverage_keeps_a_uniform_k_at_least_top_k_and_refuses_bad_values(small_
             keep_experts(profile, coverage=bad)
     with pytest.raises(ConfigError, match="fewer experts than the router's top-k"):
         keep_experts(profile, k=profile.top_k - 1)
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_every_familys_sliced_checkpoint_saves_and_loads_strictly_with_plain_transformers(model_type, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(model_type)
+    sliced = build_sliced(model, {layer.index: KEPT for layer in moe_layers(model)})
+    sliced.save_pretrained(tmp_path)
+    loaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert all(not v for v in info.values()), info
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(input_ids=_ids()).logits, sliced(input_ids=_ids()).logits, atol=1e-6)
