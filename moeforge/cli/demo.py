@@ -101,7 +101,8 @@ def _library_entry(net) -> None:
     table.add_row("lineage", ", ".join(f"warm start from {p.entry[:12]}… ({p.slots} experts)" for p in manifest.parents)
                   or "trained from the base")
     table.add_row("contributors", ", ".join(f"{names.get(c.id, c.id[:12] + '…')} {c.share:.1%}" for c in manifest.contributors))
-    table.add_row("library", f"{len(library.catalog.entries())} entries in {library.catalog.url}")
+    count = len(library.catalog.entries())
+    table.add_row("library", f"{count} entr{'y' if count == 1 else 'ies'} in {library.catalog.url}")
     console.print(table)
     return entry
 
