@@ -70,8 +70,10 @@ def demo(
 def _warm_start_line(job) -> None:
     if job.warm_start:
         used = ", ".join(f"{w.slots} from library entry {w.entry[:12]}…" for w in job.warm_start)
+        rest = len(job.slots) - sum(w.slots for w in job.warm_start)
         console.print(f"[bold]warm start[/bold]: the library matched this job's data to an earlier job's experts; of the "
-                      f"{len(job.slots)} selected experts, {used} (the rest start from the base)", highlight=False, soft_wrap=True)
+                      f"{len(job.slots)} selected experts, {used}" + (f" (the other {rest} start from the base)" if rest else ""),
+                      highlight=False, soft_wrap=True)
     else:
         console.print("cold start: no library entry matched this job's data, so its experts start from the base "
                       "(run `make demo` again: the next job starts from this one's)", highlight=False, soft_wrap=True)

@@ -4,7 +4,8 @@ DESIGN.md "Deployment". The fine-tuned model (base + library entries' experts) i
 customer's data; coverage.py picks K experts per layer; slicing.py writes the standard checkpoint.
 For a router whose gates a sliced checkpoint changes (softmax over all experts, no renormalisation),
 the one correction a config can carry, a constant gate multiplier (`routed_scaling_factor`), is
-calibrated by loss on calibration rows of the data, and the export is labelled approximate. Then
+calibrated by loss on calibration rows of the data, within the network guard's general-drift budget
+on WikiText-2 validation rows, and the export is labelled approximate. Then
 the domain loss (on other rows of the data) and WikiText-2 perplexity are measured for the unpruned
 fine-tuned model, the standard export, and moeforge's exact runtime (exact.py, from the sidecar's
 full router rows), and written into the sidecar and the model card.
@@ -39,6 +40,8 @@ CHAT_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'system'
                  "{% else %}Answer: {{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
                  "{% if add_generation_prompt %}Answer:{% endif %}")
 _SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)  # multiples of the base's gate scale tried, extended if the best is the last
+GENERAL_ROWS = 32  # WikiText-2 validation rows the calibration keeps within GENERAL_BUDGET (the network guard's defaults)
+GENERAL_BUDGET = 0.02
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,11 @@ def export_model(model, tokenizer, profile, out: Path, *, calibration: tuple, ev
     sliced = build_sliced(model, kept.kept)
     scale = base_scale
     if kind.routing == "denominator" and kind.scale_key is not None:
-        scale = _calibrate(sliced, kind.scale_key, base_scale, calibration)
+        from moeforge.eval.general import general_reference_rows
+
+        general_rows = general_reference_rows(tokenizer, seq_len=seq_len, rows=GENERAL_ROWS)
+        limit = rows_loss(model, *general_rows).loss + math.log1p(GENERAL_BUDGET)
+        scale = _calibrate(sliced, kind.scale_key, base_scale, calibration, general_rows, limit)
     standard = losses(sliced)
     exact = (None, None)
     if kind.routing == "denominator" and model.config.model_type in SOFTMAX_ROUTERS:
@@ -196,25 +203,31 @@ def _smallest_within(model, profile, start: KeptExperts, rows: tuple, budget: fl
     return best
 
 
-def _calibrate(sliced, key: str, base_scale: float, rows: tuple) -> float:
-    """The gate multiplier with the lowest loss on the calibration rows (a line over multiples of the base's)."""
+def _calibrate(sliced, key: str, base_scale: float, rows: tuple, general_rows: tuple, general_limit: float) -> float:
+    """The gate multiplier (a line over multiples of the base's) with the lowest loss on the calibration rows among those
+    that keep the general loss (WikiText-2 validation rows) within the budget of the unpruned model's, as the network's
+    guard does; if none does, the one with the lowest general loss."""
     from moeforge.eval.domain import rows_loss
 
-    def loss_at(scale: float) -> float:
+    def loss_at(scale: float) -> tuple[float, float]:
         setattr(sliced.config, key, scale)
         _set_scale(sliced, key, scale)
-        return rows_loss(sliced, *rows).loss
+        return rows_loss(sliced, *rows).loss, rows_loss(sliced, *general_rows).loss
+
+    def pick(tried: dict) -> float:
+        within = {s: v for s, v in tried.items() if v[1] <= general_limit}
+        return min(within, key=lambda s: within[s][0]) if within else min(tried, key=lambda s: tried[s][1])
 
     tried = {base_scale * f: loss_at(base_scale * f) for f in _SCALES}
-    best = min(tried, key=tried.get)
+    best = pick(tried)
     while best == min(tried) and len(tried) < 20:  # at the edge of the grid: extend it
         nxt = best * 0.8
         tried[nxt] = loss_at(nxt)
-        if tried[nxt] >= tried[best]:
+        if pick(tried) != nxt:
             break
         best = nxt
     loss_at(best)
-    log.debug("calibrated %s = %.4f (loss %.4f; base scale %.4f gives %.4f)", key, best, tried[best], base_scale, tried[base_scale])
+    log.debug("calibrated %s = %.4f (losses %s; base scale %.4f gives %s)", key, best, tried[best], base_scale, tried[base_scale])
     return best
 
 
