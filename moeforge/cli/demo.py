@@ -62,6 +62,10 @@ def demo(
     print_record(record, console, net.names())
     _before_after(path, report.config.seq_len, record, net, eval_tokens, device)
     entry = _library_entry(net)
+    job = net.job()
+    if entry is None and job.warm_start:  # nothing new was learnt: deploy what the job started from
+        entry = job.warm_start[0].entry
+        console.print(f"deploying the entry the job started from, {entry[:12]}…", highlight=False)
     if entry is not None:
         _deploy(path, entry, net.plan.run_dir, eval_tokens, device)
     console.print(f"run folder: {net.plan.run_dir}", highlight=False, soft_wrap=True)
