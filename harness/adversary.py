@@ -413,16 +413,26 @@ def _diluted_copy(ctx):
 
 def _same_block_copy(ctx):
     """The victim's delta with noise at 1e-4 of its scale, committed in the victim's block, the noise seed ground until
-    the commitment hash sorts below the victim's (so an order by hash would name the victim the copier)."""
+    the commitment hash sorts below the victim's (so an order by hash would name the victim the copier). A victim whose
+    hash is itself near zero may outlast the grind (each try wins with probability hash/2^256); the copier then submits
+    its lowest try anyway, as a real one would: the copy is still a copy."""
     victim = commitment(ctx.leaked.digest, ctx.leaked_hotkey, ctx.round)
     tensors = leaked_tensors(ctx)
-    for tries in range(1, 257):
+    best = None
+    for tries in range(1, _GRIND_TRIES + 1):
         g = torch.Generator().manual_seed(ctx.seed * 1000 + tries)
         data = signed(ctx, {k: v + 1e-4 * v.std() * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in tensors.items()})
-        if commitment(sha256_hex(data), ctx.keypair.ss58_address, ctx.round) < victim:
+        ours = commitment(sha256_hex(data), ctx.keypair.ss58_address, ctx.round)
+        if ours < victim:
             log.info("same-block copy: commitment ground below the victim's in %d tries", tries)
             return data
-    raise RuntimeError("no commitment below the victim's in 256 tries")  # 2^-256 odds
+        if best is None or ours < best[0]:
+            best = (ours, data)
+    log.warning("same-block copy: no commitment below the victim's in %d tries; submitting the lowest", _GRIND_TRIES)
+    return best[1]
+
+
+_GRIND_TRIES = 1024  # fails with probability 1/1025 over a uniform victim hash
 
 
 def _minimal_effort(ctx):

@@ -81,14 +81,14 @@ class Catalog:
         with Session(self.engine) as session:
             if session.get(EntryRow, entry_id) is not None:
                 return False
-            session.add(row)
-            session.flush()  # the entry first: the other rows refer to it
-            session.add_all([SlotRow(entry_id=entry_id, layer=la, expert=ex) for la, ex in manifest.slots])
-            session.add_all([ParentRow(entry_id=entry_id, parent_id=p.entry, relation=p.relation, slots=p.slots)
-                             for p in manifest.parents])
-            session.add_all([ContributorRow(entry_id=entry_id, contributor=c.id, role=c.role, share=c.share)
-                             for c in manifest.contributors])
-            try:
+            try:  # PostgreSQL raises at the flush (the insert waits for the other transaction), SQLite at the commit
+                session.add(row)
+                session.flush()  # the entry first: the other rows refer to it
+                session.add_all([SlotRow(entry_id=entry_id, layer=la, expert=ex) for la, ex in manifest.slots])
+                session.add_all([ParentRow(entry_id=entry_id, parent_id=p.entry, relation=p.relation, slots=p.slots)
+                                 for p in manifest.parents])
+                session.add_all([ContributorRow(entry_id=entry_id, contributor=c.id, role=c.role, share=c.share)
+                                 for c in manifest.contributors])
                 session.commit()
             except IntegrityError:  # another process indexed the same entry between our read and our write
                 session.rollback()
