@@ -10,7 +10,8 @@ from types import ModuleType
 from moeforge.errors import ConfigError
 
 EXTRAS = {"s3": ("boto3", "botocore"), "bench": ("peft",), "postgres": ("psycopg",),
-          "deploy": ("model_signing", "OpenSSL", "cyclonedx"), "serve": ("fastapi", "uvicorn")}
+          "deploy": ("model_signing", "OpenSSL", "cyclonedx"), "serve": ("fastapi", "uvicorn"),
+          "service": ("fastapi", "uvicorn", "python_multipart", "httpx")}
 
 
 def require(extra: str, feature: str) -> list[ModuleType]:

@@ -345,10 +345,22 @@ def _command(plan: NetworkPlan, m: Member, net: LocalNetwork, k: int) -> list[st
     return [*base, "validator", "run", *wallet, *where, "--owner", net.owner.hotkey, *data]
 
 
+def die_with_parent() -> None:
+    """In a child before exec: SIGKILL it when the thread that started it dies (Linux's PR_SET_PDEATHSIG), so no role
+    outlives a supervisor killed with SIGKILL, and one started again never finds the old roles still running."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: roles are stopped by `stop` only
+        pass
+
+
 def _start(plan: NetworkPlan, m: Member, command: list[str], env: dict[str, str]) -> subprocess.Popen:
     m.run_dir.mkdir(parents=True, exist_ok=True)
     with open(m.run_dir / LOG_FILE, "ab") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=die_with_parent)
     log.debug("started %s (pid %d): %s", m.name, proc.pid, " ".join(command))
     return proc
 

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import moeforge.service.schema  # noqa: F401  (the Centre's tables share the metadata)
 from moeforge.library.schema import Base
 
 connection = context.config.attributes["connection"]

@@ -1,0 +1,89 @@
+"""create_app(settings) → the Centre's FastAPI app: the JSON API (routes/), its limits, and the static web UI."""
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse
+
+from moeforge.service.errors import body as error_body
+from moeforge.service.errors import install as install_errors
+from moeforge.service.settings import ServiceSettings
+
+STATIC = Path(__file__).with_name("static")
+UPLOAD_PATH = "/v1/files"
+MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file part
+
+
+class BodyLimit:
+    """413 for a body over its route's limit, whether it says its length or not (then counted as it streams)."""
+
+    def __init__(self, app, settings: ServiceSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        upload = scope["path"] == UPLOAD_PATH and scope["method"] == "POST"
+        limit = self.settings.max_upload_bytes + MULTIPART_SLACK if upload else self.settings.max_json_bytes
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            response = JSONResponse(error_body(413, f"the request body is {length.decode(errors='replace')} bytes; the limit "
+                                                    f"here is {limit:,}", "body", "request_too_large"), status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    from moeforge.service.errors import APIError
+
+                    raise APIError(413, f"the request body is over the limit of {limit:,} bytes", param="body",
+                                   code="request_too_large")
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    from moeforge.library.open import Library
+    from moeforge.library.catalog import Catalog
+    from moeforge.service.db import Database
+    from moeforge.service.routes import exports, files, jobs, keys, models
+    from moeforge.store.open import open_store
+
+    app = FastAPI(title="moeforge Customization Centre", version="1", docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.db = Database(settings.database)
+    app.state.store = open_store(settings.store)
+    app.state.library = Library(Catalog(app.state.db.engine, settings.database), open_store(settings.library_store))
+    install_errors(app)
+    for module in (files, jobs, models, exports, keys):
+        app.include_router(module.router)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/bases")
+    def bases():
+        return {"object": "list", "data": [{"id": name, "object": "base_model", "default": name == settings.default_base}
+                                           for name in settings.bases], "has_more": False}
+
+    @app.get("/")
+    def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            from moeforge.service.errors import not_found
+
+            raise not_found("static file", name)
+        return FileResponse(path)
+
+    app.add_middleware(BodyLimit, settings=settings)
+    return app

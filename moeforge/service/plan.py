@@ -1,0 +1,84 @@
+"""A job's plan, shown before it runs: the experts selected and why, the library match, memory per mode, estimates.
+
+The worker profiles the job's train split (the held-out split is never profiled, as the owner does),
+selects experts by the job's rule (ESFT-Token, p = 0.2, by default), ranks the library entries the
+tenant may use by routing similarity and loss on a sample (`library/match.py`), and decides the
+warm start; the owner then runs with exactly that selection and those entries.
+"""
+
+from pathlib import Path
+
+from moeforge.extract.package import plan_memory
+from moeforge.library.open import Library
+
+MODES = ("full", "quantized", "subset")
+PLAN_FILES = {"experts": "experts.json", "profile": "profile.json", "heatmap": "heatmap.png"}
+
+
+class VisibleCatalog:
+    """A catalog that shows only the entries in `allowed` (the tenant's own and the shared ones)."""
+
+    def __init__(self, catalog, allowed: set[str]):
+        self._catalog, self._allowed = catalog, allowed
+
+    def entries(self, **filters):
+        return [e for e in self._catalog.entries(**filters) if e.id in self._allowed]
+
+    def __getattr__(self, name):
+        return getattr(self._catalog, name)
+
+
+def make_plan(request, records, *, salt: str, library: Library, allowed: set[str], run_dir: Path, miners: int,
+              device: str = "cpu") -> dict:
+    """Write experts.json, profile.json and heatmap.png in `run_dir`; → the plan (a JSON-able dict)."""
+    from moeforge.cli.inputs import load_checkpoint
+    from moeforge.data.splits import split_records
+    from moeforge.library.match import chosen, match_records
+    from moeforge.model.fingerprint import model_fingerprint
+    from moeforge.profile.heatmap import plot_profile
+    from moeforge.profile.profile_file import save_profile
+    from moeforge.profile.selection import save_expert_config, select_experts
+    from moeforge.profile.stats import ProfileConfig, default_seq_len, profile_records
+
+    model, tokenizer = load_checkpoint(request.base_model, device)
+    fingerprint = model_fingerprint(model)
+    seq_len = request.seq_len or min(default_seq_len(model), 256)
+    splits = split_records(records, salt, validation=request.validation, heldout=request.heldout)
+    profile = profile_records(model, tokenizer, splits.train, ProfileConfig(tokens=request.profile_tokens, seq_len=seq_len),
+                              base_fingerprint=fingerprint)
+    selection = select_experts(profile, request.select)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_expert_config(selection, run_dir / PLAN_FILES["experts"])
+    save_profile(profile, run_dir / PLAN_FILES["profile"])
+    plot_profile(profile, run_dir / PLAN_FILES["heatmap"], title=f"routing of {request.domain} data (train split)")
+    view = Library(VisibleCatalog(library.catalog, allowed), library.store)
+    selected = {(int(layer), e) for layer, experts in selection.experts.items() for e in experts}
+    ranking = match_records(view, model, tokenizer, splits.train, fingerprint, seq_len=seq_len, query=profile,
+                            selected=selected)
+    warm = chosen(ranking, request.warm_threshold) if request.warm_start == "auto" else []
+    per_layer = {int(layer): len(experts) for layer, experts in selection.experts.items()}
+    most = max(per_layer.values(), default=0)
+    top_k = getattr(model.config, "num_experts_per_tok", 1)
+    n_experts = selection.num_experts
+    memory = {}
+    for mode in MODES:
+        m = plan_memory(model.config, mode, trainable_per_layer=max(most, 1), kept_per_layer=max(top_k, round(0.5 * n_experts)))
+        memory[mode] = {"bytes": m.bytes_held, "fraction_of_full": round(m.fraction_of_full, 4)}
+    rows_per_round = request.inner_steps * request.train.batch_size * request.shard_passes
+    blocks = request.train_blocks + request.commit_blocks + request.reveal_blocks + request.score_blocks
+    return {
+        "base_fingerprint": fingerprint, "seq_len": seq_len,
+        "records": {"train": len(splits.train), "validation": len(splits.validation), "held_out": len(splits.heldout)},
+        "selection": {"method": selection.method, "p": selection.p, "score": request.select.score,
+                      "experts": sum(per_layer.values()), "per_layer": {str(k): v for k, v in sorted(per_layer.items())},
+                      "experts_per_layer": n_experts,
+                      "why": f"the fewest experts per layer whose {request.select.score} routing share on the train split "
+                             f"reaches p = {selection.p:g} (ESFT)"},
+        "match": [{"entry": c.entry, "domain": c.domain, "similarity": round(c.similarity, 4),
+                   "loss_gain": None if c.loss_gain is None else round(c.loss_gain, 5), "why": c.why()} for c in ranking[:5]],
+        "warm_start": [c.entry for c in warm],
+        "memory": memory,
+        "estimate": {"rounds": request.rounds, "miners": miners,
+                     "tokens": request.rounds * miners * min(rows_per_round, max(len(splits.train), 1)) * seq_len,
+                     "max_seconds": round(request.rounds * blocks * request.block_seconds + request.start_delay_blocks * request.block_seconds)},
+    }

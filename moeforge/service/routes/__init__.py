@@ -1,0 +1,1 @@
+"""One APIRouter per resource (STYLE.md §8): files, jobs, models, exports, keys."""

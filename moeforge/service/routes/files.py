@@ -1,0 +1,96 @@
+"""`/v1/files`: customers' data files, streamed into the store, checked at once and validated in full by the worker."""
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from moeforge.service.auth import Caller, requires
+from moeforge.service.db import loads, new_id, now, stamp
+from moeforge.service.errors import APIError, not_found
+from moeforge.service.routes.common import audit, check_limit, db, page
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+PURPOSES = ("fine-tune",)
+
+
+def shape(row) -> dict:
+    return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": stamp(row.created_at), "filename": row.filename,
+            "purpose": row.purpose, "status": row.status, "status_details": row.status_details,
+            "report": loads(row.report), "sha256": row.sha256}
+
+
+def owned_file(session, tenant_id: str, file_id: str, param: str = "file_id"):
+    from moeforge.service.schema import FileRow
+
+    row = session.get(FileRow, file_id) if isinstance(file_id, str) and len(file_id) <= 40 else None
+    if row is None or row.tenant_id != tenant_id or row.deleted:
+        raise not_found("file", str(file_id), param)
+    return row
+
+
+@router.post("")
+async def upload(request: Request, caller: Caller = Depends(requires("write"))):
+    """Stream a data file into the store (multipart: `file`, `purpose=fine-tune`)."""
+    from moeforge.service.schema import FileRow
+    from moeforge.service.uploads import receive_upload
+    from moeforge.service.validation import sniff
+
+    settings = request.app.state.settings
+    try:
+        received = await receive_upload(request, settings.uploads(), settings.max_upload_bytes)
+    except ClientDisconnect:
+        raise APIError(400, "the client went away before the upload finished; nothing was stored", param="file") from None
+    try:
+        purpose = received.fields.get("purpose", "fine-tune")
+        if purpose not in PURPOSES:
+            raise APIError(400, f"purpose {purpose!r}: expected one of {', '.join(PURPOSES)}", param="purpose")
+        await run_in_threadpool(sniff, received.path, received.filename)
+        digest = await run_in_threadpool(request.app.state.store.put_file, received.path)
+        if digest != received.sha256:
+            raise APIError(500, "the stored upload does not hash to what was received")
+    finally:
+        received.path.unlink(missing_ok=True)
+
+    def insert():
+        row = FileRow(id=new_id("file"), tenant_id=caller.tenant_id, filename=received.filename, purpose=purpose,
+                      bytes=received.bytes, sha256=digest, status="uploaded", deleted=False, created_at=now())
+        with db(request).session() as s:
+            s.add(row)
+        audit(db(request), caller, "POST /v1/files", row.id)
+        return shape(row)
+
+    return await run_in_threadpool(insert)
+
+
+@router.get("")
+def list_files(request: Request, limit: int = 100, after: str | None = None, purpose: str | None = None,
+               caller: Caller = Depends(requires("read"))):
+    from sqlalchemy import select
+
+    from moeforge.service.schema import FileRow
+
+    check_limit(limit)
+    with db(request).session() as s:
+        q = select(FileRow).where(FileRow.tenant_id == caller.tenant_id, FileRow.deleted.is_(False))
+        if purpose is not None:
+            q = q.where(FileRow.purpose == purpose)
+        if after is not None:
+            cursor = owned_file(s, caller.tenant_id, after, "after")
+            q = q.where((FileRow.created_at < cursor.created_at) | ((FileRow.created_at == cursor.created_at) & (FileRow.id < cursor.id)))
+        rows = list(s.scalars(q.order_by(FileRow.created_at.desc(), FileRow.id.desc()).limit(limit + 1)))
+    return page(rows, limit, shape)
+
+
+@router.get("/{file_id}")
+def retrieve(file_id: str, request: Request, caller: Caller = Depends(requires("read"))):
+    with db(request).session() as s:
+        return shape(owned_file(s, caller.tenant_id, file_id))
+
+
+@router.delete("/{file_id}")
+def delete(file_id: str, request: Request, caller: Caller = Depends(requires("write"))):
+    """Hide the file from its tenant; jobs that used it keep their own copy of what they read."""
+    with db(request).session() as s:
+        owned_file(s, caller.tenant_id, file_id).deleted = True
+    audit(db(request), caller, "DELETE /v1/files", file_id)
+    return {"id": file_id, "object": "file", "deleted": True}

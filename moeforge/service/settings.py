@@ -1,0 +1,67 @@
+"""What one Centre runs on: its database, stores, base models, network size and limits (a JSON file or the defaults).
+
+`moeforge service up` writes the settings it resolved to `<home>/settings.json`, and its worker process
+reads that file, so the API and the worker can never disagree about where anything is.
+"""
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MIB = 1024 * 1024
+
+
+class ServiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path  # uploads in flight, job run folders, exports
+    database: str  # the library catalog's database: sqlite:///… or postgresql://…
+    store: str  # customers' files (content-addressed)
+    library_store: str  # the expert library's blobs
+    bases: dict[str, str] = Field(min_length=1)  # base model name → checkpoint folder; the first is the default
+    job_defaults: dict[str, dict] = Field(default_factory=dict)  # base name → JobRequest fields for its jobs
+    miners: int = Field(3, ge=1)
+    validators: int = Field(2, ge=1)
+    device: str = "cpu"
+    max_upload_bytes: int = Field(512 * MIB, ge=1)
+    max_json_bytes: int = Field(1 * MIB, ge=1024)
+    chunk_bytes: int = Field(1 * MIB, ge=4096)
+    max_rounds: int = Field(20, ge=1)
+    poll_s: float = Field(0.5, gt=0)  # how often the worker looks for work
+
+    @property
+    def default_base(self) -> str:
+        return next(iter(self.bases))
+
+    def uploads(self) -> Path:
+        return self.home / "uploads"
+
+    def runs(self) -> Path:
+        return self.home / "runs"
+
+    def exports(self) -> Path:
+        return self.home / "exports"
+
+
+SETTINGS_FILE = "settings.json"
+
+
+def write_settings(settings: ServiceSettings) -> Path:
+    from moeforge.atomic import write_text
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    path = settings.home / SETTINGS_FILE
+    write_text(path, settings.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def read_settings(path: Path) -> ServiceSettings:
+    from moeforge.json_file import read_json_object
+    from moeforge.errors import ConfigError
+    from pydantic import ValidationError
+
+    data = read_json_object(path, what="service settings", name="--settings", fix="Pass the settings.json `service up` wrote.")
+    try:
+        return ServiceSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: bad service settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}.") from None
