@@ -67,8 +67,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def health():
         return {"status": "ok"}
 
+    from fastapi import Depends
+
+    from moeforge.service.auth import requires
+
     @app.get("/v1/bases")
-    def bases():
+    def bases(caller=Depends(requires("read"))):
         return {"object": "list", "data": [{"id": name, "object": "base_model", "default": name == settings.default_base}
                                            for name in settings.bases], "has_more": False}
 

@@ -229,3 +229,18 @@ def checkpoints(job_id: str, request: Request, limit: int = 100, caller: Caller 
         "id": f"ftckpt-{r.id}", "object": "fine_tuning.job.checkpoint", "created_at": stamp(r.created_at),
         "fine_tuning_job_id": job_id, "fine_tuned_model_checkpoint": r.state, "step_number": r.round,
         "metrics": loads(r.metrics, {})})
+
+
+@router.get("/{job_id}/heatmap.png")
+def heatmap(job_id: str, request: Request, caller: Caller = Depends(requires("read"))):
+    """The routing heatmap of the job's train split, from which its experts were selected (once it is planned)."""
+    from fastapi.responses import FileResponse
+
+    from moeforge.service.plan import PLAN_FILES
+
+    with db(request).session() as s:
+        owned_job(s, caller.tenant_id, job_id)
+    path = request.app.state.settings.runs() / job_id / PLAN_FILES["heatmap"]
+    if not path.is_file():
+        raise not_found("heatmap of job", job_id, "fine_tuning_job_id")
+    return FileResponse(path, media_type="image/png")
