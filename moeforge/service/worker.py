@@ -88,7 +88,7 @@ class Worker:
         from moeforge.service.validation import shown, validate
 
         with self.db.session() as s:
-            row = s.scalar(select(FileRow).where(FileRow.status == "uploaded").order_by(FileRow.created_at).limit(1))
+            row = s.scalar(select(FileRow).where(FileRow.status == "uploaded", FileRow.deleted.is_(False)).order_by(FileRow.created_at).limit(1))
         if row is None:
             return False
         base = self.settings.default_base
