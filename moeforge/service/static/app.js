@@ -115,6 +115,11 @@ function bytes(n) {
   return `${(n / MIB).toFixed(1)} MiB`;
 }
 
+function mib(n) {
+  const v = n / MIB;
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toPrecision(3);
+}
+
 function num(x, digits = 4) {
   return typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "—";
 }
@@ -434,7 +439,7 @@ function renderPlan(plan) {
       el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Mode"), el("th", { scope: "col" }, "MiB"),
         el("th", { scope: "col" }, "Of full"))),
       el("tbody", {}, memory.map(([mode, m]) => el("tr", {}, el("td", {}, mode),
-        el("td", {}, typeof m.bytes === "number" ? (m.bytes / MIB).toFixed(1) : ""),
+        el("td", {}, typeof m.bytes === "number" ? mib(m.bytes) : ""),
         el("td", {}, typeof m.fraction_of_full === "number" ? `${(m.fraction_of_full * 100).toFixed(1)}%` : ""))))) : null,
     el("h5", {}, "Library match"),
     match.length ? el("table", { class: "compact", id: "plan-match" },
