@@ -10,9 +10,9 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# moeforge itself, with the extras the demo's deployment uses (what `make demo` runs)
+# moeforge itself, with the extras the demo's deployment and the Centre use (what `make demo` runs)
 $(VENV)/.installed-stamp: pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[deploy,serve]'
+	$(PIP) -e '.[service]'
 	@touch $@
 
 # plus the test tools and the extras the tests exercise (s3, bench)

@@ -30,7 +30,7 @@ class Client:
     def __init__(self, url: str | None, key: str | None):
         from moeforge.extras import require
 
-        require("service", "`moeforge jobs`")
+        require("service", "`moeforge jobs`")  # httpx
         import httpx
 
         self.url = (url or os.environ.get("MOEFORGE_SERVICE_URL") or "http://127.0.0.1:8100").rstrip("/")

@@ -73,7 +73,8 @@ def job_request(config: Path | None, model: Path, domain: str, defaults: dict | 
         raise ConfigError(f"bad option: {', '.join(infinite)}: expected a finite number.")
     fields.update(given)
     fields.setdefault("job_id", f"{domain}-job".replace("/", "-")[:64])
-    fields.update(base_model=str(model), domain=domain)
+    fields["base_model"] = str(model)
+    fields.setdefault("domain", domain)  # a --config that names the domain (the Centre's jobs do) keeps it
     try:
         return JobRequest(**fields)
     except ValidationError as exc:

@@ -67,6 +67,7 @@ def up(
     """Start the Centre: the API and web UI on HOST:PORT, and its worker process, on the embedded defaults."""
     from moeforge.extras import require
 
+    require("serve", "the Customization Centre")
     require("service", "the Customization Centre")
     import uvicorn
 

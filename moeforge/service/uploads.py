@@ -7,7 +7,6 @@ only then inserts its row, so an upload cut off midway is never visible as a fil
 """
 
 import hashlib
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -60,8 +59,8 @@ async def receive_upload(request: Request, folder: Path, limit: int) -> Upload:
     if length is not None and length.isdigit() and int(length) > limit + 64 * 1024:
         raise APIError(413, f"the upload is {int(length):,} bytes; the limit is {limit:,}", param="file", code="file_too_large")
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="upload-", suffix=".part")
-    out = os.fdopen(fd, "wb")
+    out = tempfile.NamedTemporaryFile(dir=folder, prefix="upload-", suffix=".part", delete=False)  # scratch, not a result
+    tmp = out.name
     state = {"headers": {}, "header": b"", "name": None, "filename": None, "value": bytearray(), "file_parts": 0}
     hasher, size, fields, problems = hashlib.sha256(), [0], {}, []
 

@@ -56,7 +56,7 @@ def test_the_openai_client_uploads_a_file_and_runs_a_job_to_a_model_and_an_expor
     assert {c.step_number for c in checkpoints} <= {0, 1} and all(len(c.fine_tuned_model_checkpoint) == 64 for c in checkpoints)
     assert job.fine_tuned_model in [m.id for m in client.models.list().data]
     model = client.models.retrieve(job.fine_tuned_model)
-    assert model.owned_by == "you" and "maths" in model.card
+    assert model.owned_by == "you" and model.domain == "maths" and "maths" in model.card  # the problem's domain
     heat = httpx.get(f"{running_centre.url}/v1/fine_tuning/jobs/{job.id}/heatmap.png", headers=_auth(running_centre.key))
     assert heat.status_code == 200 and heat.content.startswith(b"\x89PNG")
     export = wait_for(lambda: (e := _get(running_centre, f"/v1/exports?job={job.id}")["data"]) and e[0]["status"] in
