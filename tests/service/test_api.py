@@ -184,3 +184,16 @@ def test_bad_job_requests_are_4xx_in_one_shape(running_centre, maths_file):
     assert r.status_code == 415
     r = httpx.get(f"{url}/v1/fine_tuning/jobs/{'x' * 500}", headers=h)
     assert r.status_code == 404 and len(r.text) < 400
+
+
+def test_the_jobs_cli_creates_watches_and_lists_a_job_over_http(running_centre, maths_file):
+    where = ["--url", running_centre.url, "--key", running_centre.key]
+    created = running_centre.cli("jobs", "create", "--file", str(maths_file), "--domain", "maths-cli", "--rounds", "1",
+                                 "--json", *where)
+    assert created.returncode == 0, created.stderr + created.stdout
+    job_id = json.loads(created.stdout[created.stdout.index("{"):])["id"]
+    watched = running_centre.cli("jobs", "watch", job_id, *where)
+    assert watched.returncode == 0 and "job created" in watched.stdout and f"job {job_id} succeeded" in watched.stdout, watched.stdout
+    assert job_id in running_centre.cli("jobs", "ls", "--json", *where).stdout
+    refused = running_centre.cli("jobs", "ls", "--url", running_centre.url, "--key", "mfk_wrong")
+    assert refused.returncode == 1 and "HTTP 401" in refused.stderr + refused.stdout and "Traceback" not in refused.stderr
