@@ -32,7 +32,8 @@ def make_plan(request, records, *, salt: str, library: Library, allowed: set[str
               device: str = "cpu") -> dict:
     """Write experts.json, profile.json and heatmap.png in `run_dir`; → the plan (a JSON-able dict)."""
     from moeforge.cli.inputs import load_checkpoint
-    from moeforge.data.splits import split_records
+    from moeforge.errors import DataError
+    from moeforge.network.jobdata import pack_rows, split_job
     from moeforge.library.match import chosen, match_records
     from moeforge.model.fingerprint import model_fingerprint
     from moeforge.profile.heatmap import plot_profile
@@ -42,8 +43,13 @@ def make_plan(request, records, *, salt: str, library: Library, allowed: set[str
 
     model, tokenizer = load_checkpoint(request.base_model, device)
     fingerprint = model_fingerprint(model)
-    seq_len = request.seq_len or min(default_seq_len(model), 256)
-    splits = split_records(records, salt, validation=request.validation, heldout=request.heldout)
+    seq_len = request.seq_len or default_seq_len(model)  # as the owner will: the same split, the same rows
+    splits = split_job(records, salt, validation=request.validation, heldout=request.heldout)
+    held = int(pack_rows(splits.heldout, tokenizer, seq_len).input_ids.shape[0])
+    if request.score_rows + request.merge_rows > held:
+        raise DataError(f"the data's held-out split packs into {held} rows of {seq_len} tokens, fewer than the "
+                        f"{request.score_rows + request.merge_rows} the validators score and merge on; upload more "
+                        f"records ({len(records)} now)")
     profile = profile_records(model, tokenizer, splits.train, ProfileConfig(tokens=request.profile_tokens, seq_len=seq_len),
                               base_fingerprint=fingerprint)
     selection = select_experts(profile, request.select)

@@ -197,3 +197,12 @@ def test_the_jobs_cli_creates_watches_and_lists_a_job_over_http(running_centre, 
     assert job_id in running_centre.cli("jobs", "ls", "--json", *where).stdout
     refused = running_centre.cli("jobs", "ls", "--url", running_centre.url, "--key", "mfk_wrong")
     assert refused.returncode == 1 and "HTTP 401" in refused.stderr + refused.stdout and "Traceback" not in refused.stderr
+
+
+def test_a_job_with_too_little_data_for_its_held_out_sample_fails_at_planning_saying_so(running_centre, maths_file):
+    client = running_centre.client()
+    few = b"".join(line + b"\n" for line in maths_file.read_bytes().splitlines()[:20])
+    f = _processed(client, client.files.create(file=("few.jsonl", few), purpose="fine-tune").id)
+    job = _ended(client, client.fine_tuning.jobs.create(model=running_centre.model.name, training_file=f.id).id)
+    assert job.status == "failed" and "held-out split packs into" in job.error.message and job.plan is None
+    assert not any("running on the network" in e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data)
