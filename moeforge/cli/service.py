@@ -140,7 +140,7 @@ def worker(settings_file: Annotated[Path, typer.Option("--settings", help="The s
     main_loop(read_settings(settings_file))
 
 
-def _db(home: Path | None, database: str | None):
+def _db(database: str | None):
     from moeforge.cli import settings
     from moeforge.service.db import Database
 
@@ -152,7 +152,7 @@ def tenant_add(name: Annotated[str, typer.Argument(help="The tenant's name.")], 
     """Create a tenant and print its first (admin) API key."""
     from moeforge.service.auth import create_tenant
 
-    tenant, key = create_tenant(_db(None, database), name)
+    tenant, key = create_tenant(_db(database), name)
     console.print(f"tenant {name} ({tenant}); its admin API key (shown once):\n{key}", highlight=False, soft_wrap=True)
 
 
@@ -163,7 +163,7 @@ def tenant_ls(database: DatabaseOpt = None) -> None:
 
     from moeforge.service.schema import TenantRow
 
-    with _db(None, database).session() as s:
+    with _db(database).session() as s:
         rows = list(s.scalars(select(TenantRow).order_by(TenantRow.created_at)))
     for row in rows:
         console.print(f"{row.name}\t{row.id}\t{row.created_at:%Y-%m-%d %H:%M}", highlight=False)
@@ -179,7 +179,7 @@ def key_create(tenant: Annotated[str, typer.Option("--tenant", help="The tenant'
     """Create an API key for a tenant and print it (shown once)."""
     from moeforge.service.auth import create_key, tenant_id_of
 
-    db = _db(None, database)
+    db = _db(database)
     key_id, key = create_key(db, tenant_id_of(db, tenant), name, [s.strip() for s in scopes.split(",") if s.strip()])
     console.print(f"key {key_id} ({scopes}) for {tenant}:\n{key}", highlight=False, soft_wrap=True)
 
@@ -190,6 +190,6 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key-…
     from moeforge.errors import ConfigError
     from moeforge.service.auth import revoke_key
 
-    if not revoke_key(_db(None, database), key_id):
+    if not revoke_key(_db(database), key_id):
         raise ConfigError(f"no API key {key_id!r}.")
     console.print(f"revoked {key_id}", highlight=False)

@@ -48,9 +48,7 @@ class BodyLimit:
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
-    from moeforge.library.open import Library
-    from moeforge.library.catalog import Catalog
-    from moeforge.service.db import Database
+    from moeforge.service.db import Database, centre_library
     from moeforge.service.routes import exports, files, jobs, keys, models
     from moeforge.store.open import open_store
 
@@ -58,7 +56,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.settings = settings
     app.state.db = Database(settings.database)
     app.state.store = open_store(settings.store)
-    app.state.library = Library(Catalog(app.state.db.engine, settings.database), open_store(settings.library_store))
+    app.state.library = centre_library(app.state.db, settings.library_store)
     install_errors(app)
     for module in (files, jobs, models, exports, keys):
         app.include_router(module.router)

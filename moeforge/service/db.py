@@ -31,6 +31,23 @@ def dumps(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def add_event(session, job_id: str, message: str, *, level: str = "info", type: str = "message", data=None) -> None:
+    """One line of a job's `events` (type metrics: `data` holds the figures)."""
+    from moeforge.service.schema import EventRow
+
+    session.add(EventRow(job_id=job_id, created_at=now(), level=level, type=type, message=message,
+                         data=None if data is None else dumps(data)))
+
+
+def centre_library(db: "Database", library_store: str):
+    """The expert library on the Centre's database (its catalog tables) and the library's blob store."""
+    from moeforge.library.catalog import Catalog
+    from moeforge.library.open import Library
+    from moeforge.store.open import open_store
+
+    return Library(Catalog(db.engine, db.url), open_store(library_store))
+
+
 class Database:
     """Sessions on the database at `url` (migrated to the newest schema on open)."""
 

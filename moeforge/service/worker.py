@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from moeforge.errors import MoeforgeError
-from moeforge.service.db import Database, dumps, loads, now
+from moeforge.service.db import Database, add_event, centre_library, dumps, loads, now
 from moeforge.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -35,23 +35,14 @@ class Cancelled(Exception):
     pass
 
 
-def add_event(session, job_id: str, message: str, *, level: str = "info", type: str = "message", data=None) -> None:
-    from moeforge.service.schema import EventRow
-
-    session.add(EventRow(job_id=job_id, created_at=now(), level=level, type=type, message=message,
-                         data=None if data is None else dumps(data)))
-
-
 class Worker:
     def __init__(self, settings: ServiceSettings):
-        from moeforge.library.catalog import Catalog
-        from moeforge.library.open import Library
         from moeforge.store.open import open_store
 
         self.settings = settings
         self.db = Database(settings.database)
         self.store = open_store(settings.store)
-        self.library = Library(Catalog(self.db.engine, settings.database), open_store(settings.library_store))
+        self.library = centre_library(self.db, settings.library_store)
         self.running: threading.Thread | None = None
         self.tokenizers: dict[str, object] = {}
         # the owner deposits into the Centre's library, the roles inherit this environment

@@ -1,7 +1,6 @@
 """What every router shares: the database and settings of the app, audit lines, and list pages."""
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from moeforge.service.auth import Caller
 from moeforge.service.db import Database, now
@@ -22,8 +21,12 @@ def audit(database: Database, caller: Caller, action: str, resource: str | None,
                        created_at=now()))
 
 
-async def audit_async(database: Database, caller: Caller, action: str, resource: str | None, status: int = 200) -> None:
-    await run_in_threadpool(audit, database, caller, action, resource, status)
+def newest_first(session, query, table, cursor, limit: int) -> list:
+    """Up to limit + 1 rows of `query`, newest first, older than the `cursor` row when given (ties broken by id)."""
+    if cursor is not None:
+        query = query.where((table.created_at < cursor.created_at) |
+                            ((table.created_at == cursor.created_at) & (table.id < cursor.id)))
+    return list(session.scalars(query.order_by(table.created_at.desc(), table.id.desc()).limit(limit + 1)))
 
 
 def page(rows: list, limit: int, shape) -> dict:

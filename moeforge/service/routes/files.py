@@ -7,7 +7,7 @@ from starlette.requests import ClientDisconnect
 from moeforge.service.auth import Caller, requires
 from moeforge.service.db import loads, new_id, now, stamp
 from moeforge.service.errors import APIError, not_found
-from moeforge.service.routes.common import audit, check_limit, db, page
+from moeforge.service.routes.common import audit, check_limit, db, newest_first, page
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 PURPOSES = ("fine-tune",)
@@ -74,10 +74,8 @@ def list_files(request: Request, limit: int = 100, after: str | None = None, pur
         q = select(FileRow).where(FileRow.tenant_id == caller.tenant_id, FileRow.deleted.is_(False))
         if purpose is not None:
             q = q.where(FileRow.purpose == purpose)
-        if after is not None:
-            cursor = owned_file(s, caller.tenant_id, after, "after")
-            q = q.where((FileRow.created_at < cursor.created_at) | ((FileRow.created_at == cursor.created_at) & (FileRow.id < cursor.id)))
-        rows = list(s.scalars(q.order_by(FileRow.created_at.desc(), FileRow.id.desc()).limit(limit + 1)))
+        cursor = owned_file(s, caller.tenant_id, after, "after") if after is not None else None
+        rows = newest_first(s, q, FileRow, cursor, limit)
     return page(rows, limit, shape)
 
 

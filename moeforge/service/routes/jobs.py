@@ -7,9 +7,9 @@ from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from moeforge.service.auth import Caller, requires
-from moeforge.service.db import dumps, loads, new_id, now, stamp
+from moeforge.service.db import add_event, dumps, loads, new_id, now, stamp
 from moeforge.service.errors import APIError, not_found
-from moeforge.service.routes.common import audit, check_limit, db, page
+from moeforge.service.routes.common import audit, check_limit, db, newest_first, page
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["jobs"])
 
@@ -126,8 +126,6 @@ def create(body: JobCreate, request: Request, caller: Caller = Depends(requires(
                      problem=problem.model_dump_json(), settings=dumps(job_settings), status="validating_files",
                      salt=secrets.token_hex(16), cancel_requested=False, attempts=0, created_at=now())
         s.add(row)
-        from moeforge.service.worker import add_event
-
         add_event(s, row.id, f"job created on {body.model} with {len(ids)} file(s)")
     audit(db(request), caller, "POST /v1/fine_tuning/jobs", row.id)
     return shape(row)
@@ -149,10 +147,8 @@ def list_jobs(request: Request, limit: int = 20, after: str | None = None, calle
     check_limit(limit)
     with db(request).session() as s:
         q = select(JobRow).where(JobRow.tenant_id == caller.tenant_id)
-        if after is not None:
-            cursor = owned_job(s, caller.tenant_id, after)
-            q = q.where((JobRow.created_at < cursor.created_at) | ((JobRow.created_at == cursor.created_at) & (JobRow.id < cursor.id)))
-        rows = list(s.scalars(q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)))
+        cursor = owned_job(s, caller.tenant_id, after) if after is not None else None
+        rows = newest_first(s, q, JobRow, cursor, limit)
     return page(rows, limit, shape)
 
 
@@ -168,7 +164,6 @@ def cancel(job_id: str, request: Request, caller: Caller = Depends(requires("wri
     from sqlalchemy import update
 
     from moeforge.service.schema import JobRow
-    from moeforge.service.worker import add_event
 
     with db(request).session() as s:
         row = owned_job(s, caller.tenant_id, job_id)

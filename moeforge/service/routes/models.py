@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from moeforge.errors import ArtifactNotFound
 from moeforge.service.auth import Caller, requires
 from moeforge.service.errors import not_found
 from moeforge.service.routes.common import db
@@ -42,7 +43,7 @@ def usable_entry(request: Request, caller: Caller, model_id: str):
         raise not_found("model", model_id, "model")
     try:
         summary = library.catalog.get(model_id)
-    except Exception:
+    except ArtifactNotFound:
         raise not_found("model", model_id, "model") from None
     if summary.retired:
         raise not_found("model", model_id, "model")
