@@ -13,7 +13,7 @@ from moeforge.errors import ConfigError
 app = typer.Typer(no_args_is_help=True, help="Bundle an export for an air-gapped site, and verify a bundle offline.")
 console = Console()
 
-KeyOpt = Annotated[Path | None, typer.Option("--key", help="The publisher's EC private key (PEM) [default: "
+KeyOpt = Annotated[Path | None, typer.Option("--key", help="The publisher's EC private key (PEM) \\[default: "
                                                            "$MOEFORGE_HOME/keys/publisher.pem, created on first use].")]
 
 
@@ -59,7 +59,7 @@ def create(
 @app.command()
 def verify(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder.")],
-    public_key: Annotated[Path | None, typer.Option("--public-key", help="The publisher's public key you pinned [default: the "
+    public_key: Annotated[Path | None, typer.Option("--public-key", help="The publisher's public key you pinned \\[default: the "
                                                                          "bundle's own, which proves integrity only].")] = None,
 ) -> None:
     """Check every file against SHA256SUMS and the signature against the publisher's key; exit 1 naming what is wrong."""

@@ -15,9 +15,9 @@ from moeforge.errors import ConfigError, MoeforgeError
 app = typer.Typer(no_args_is_help=True, help="Jobs on a Customization Centre, over its HTTP API.")
 console = Console()
 
-UrlOpt = Annotated[str | None, typer.Option("--url", help="The Centre's address [default: $MOEFORGE_SERVICE_URL or "
+UrlOpt = Annotated[str | None, typer.Option("--url", help="The Centre's address \\[default: $MOEFORGE_SERVICE_URL or "
                                             "http://127.0.0.1:8100].")]
-KeyOpt = Annotated[str | None, typer.Option("--key", help="API key [default: $MOEFORGE_API_KEY].", show_default=False)]
+KeyOpt = Annotated[str | None, typer.Option("--key", help="API key \\[default: $MOEFORGE_API_KEY].", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -67,7 +67,7 @@ class Client:
 def create(
     file: Annotated[list[Path], typer.Option("--file", help="A data file to upload (repeatable; the first is the training file).")],
     domain: Annotated[str, typer.Option("--domain", help="The problem's domain name (lowercase, e.g. maths).")],
-    model: Annotated[str | None, typer.Option("--model", help="Base model [default: the Centre's first].")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Base model \\[default: the Centre's first].")] = None,
     goal: Annotated[str, typer.Option("--goal", help="What good looks like, in words.")] = "",
     rounds: Annotated[int | None, typer.Option("--rounds", min=1, help="Rounds of the network job.")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="Send again with the same key: one job.")] = None,

@@ -18,10 +18,10 @@ app = typer.Typer(no_args_is_help=True, help="The expert library: every accepted
 console = Console()
 
 CatalogOpt = Annotated[str | None, typer.Option(
-    "--catalog", help="The catalog database: sqlite:///path or postgresql://user@host/db [default: $MOEFORGE_CATALOG, else "
+    "--catalog", help="The catalog database: sqlite:///path or postgresql://user@host/db \\[default: $MOEFORGE_CATALOG, else "
                       "the SQLite file under $MOEFORGE_HOME/library].")]
 LibraryStoreOpt = Annotated[str | None, typer.Option(
-    "--library-store", help="Where the entries' blobs live: a folder, file:///… or s3://… [default: $MOEFORGE_LIBRARY_STORE, "
+    "--library-store", help="Where the entries' blobs live: a folder, file:///… or s3://… \\[default: $MOEFORGE_LIBRARY_STORE, "
                             "else $MOEFORGE_HOME/library/store].")]
 EntryArg = Annotated[str, typer.Argument(help="An entry id, or its first 6+ hex characters.")]
 ModelOpt = Annotated[Path, typer.Option("--model", help="The base model: a checkpoint folder with its tokenizer.")]
@@ -151,7 +151,7 @@ def retire(entry: EntryArg, reason: Annotated[str, typer.Option("--reason", help
 
 
 @app.command()
-def verify(entries: Annotated[list[str] | None, typer.Argument(help="Entries to check [default: all, retired ones too].")] = None,
+def verify(entries: Annotated[list[str] | None, typer.Argument(help="Entries to check \\[default: all, retired ones too].")] = None,
            catalog: CatalogOpt = None, library_store: LibraryStoreOpt = None) -> None:
     """Re-hash every entry's blobs (manifest, tensors, profile) and check them against the catalog; exit 1 on any problem."""
     lib = open_library_urls(catalog, library_store)

@@ -27,9 +27,9 @@ console = Console()
 
 # The schedule flags, with the defaults of the network's own lock-step chain (network/local.py LOCKSTEP_SCHEDULE)
 BlockSecondsOpt = Annotated[float | None, typer.Option("--block-seconds", help=(
-    "The lock-step chain's ceiling: the longest a block waits for a busy or dead role [default: 60]."))]
-TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase [default: 2].")]
-ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase [default: 3].")]
+    "The lock-step chain's ceiling: the longest a block waits for a busy or dead role \\[default: 60]."))]
+TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase \\[default: 2].")]
+ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase \\[default: 3].")]
 
 DEFAULT_KEEP = 5
 KeepOpt = Annotated[int, typer.Option("--keep", help=(
@@ -44,16 +44,16 @@ def up(
     validators: Annotated[int, typer.Option("--validators", min=1, help="Validator processes (stake 100, 50, 25, …).")] = 2,
     rounds: RoundsOpt = None,
     modes: Annotated[str | None, typer.Option("--modes", help="Comma-separated memory mode per miner, cycled "
-                                              "[default: full,quantized,subset].")] = None,
-    model: Annotated[Path | None, typer.Option("--model", help="Base model folder [default: the testbed of --preset].")] = None,
+                                              "\\[default: full,quantized,subset].")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="Base model folder \\[default: the testbed of --preset].")] = None,
     preset_name: Annotated[str, typer.Option("--preset", help="Testbed preset to build or reuse when --model is not given.")] = "default",
     data: DataOpt = "math",
     prompt_field: PromptFieldOpt = None,
     response_field: ResponseFieldOpt = None,
     text_field: TextFieldOpt = None,
-    run: Annotated[Path | None, typer.Option("--run", help="Run folder [default: $MOEFORGE_HOME/network/<time>].")] = None,
-    store: Annotated[str | None, typer.Option("--store", help="Store URL [default: a folder store in the run folder].")] = None,
-    chain: Annotated[str | None, typer.Option("--chain", help="A local chain URL [default: a new chain in the run folder].")] = None,
+    run: Annotated[Path | None, typer.Option("--run", help="Run folder \\[default: $MOEFORGE_HOME/network/<time>].")] = None,
+    store: Annotated[str | None, typer.Option("--store", help="Store URL \\[default: a folder store in the run folder].")] = None,
+    chain: Annotated[str | None, typer.Option("--chain", help="A local chain URL \\[default: a new chain in the run folder].")] = None,
     config: ConfigOpt = None,
     inner_steps: InnerStepsOpt = None,
     lr: LrOpt = None,

@@ -35,20 +35,20 @@ console = Console()
 ModelOpt = Annotated[Path, typer.Option("--model", help="Base model: a checkpoint folder with its tokenizer.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A JSON job request; flags given here override its fields.")]
 JobIdOpt = Annotated[str | None, typer.Option("--job-id", help="The job's name (letters, digits, . _ -).")]
-RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Rounds in the job [default: 3].")]
-InnerStepsOpt = Annotated[int | None, typer.Option("--inner-steps", help="H: optimizer steps a miner trains per round [default: 16].")]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Miners' peak learning rate [default: 2e-3].")]
-BlockSecondsOpt = Annotated[float | None, typer.Option("--block-seconds", help="The chain's block time the schedule is sized for [default: 1].")]
-TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase [default: 60].")]
+RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Rounds in the job \\[default: 3].")]
+InnerStepsOpt = Annotated[int | None, typer.Option("--inner-steps", help="H: optimizer steps a miner trains per round \\[default: 16].")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Miners' peak learning rate \\[default: 2e-3].")]
+BlockSecondsOpt = Annotated[float | None, typer.Option("--block-seconds", help="The chain's block time the schedule is sized for \\[default: 1].")]
+TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase \\[default: 60].")]
 ExpertsOpt = Annotated[Path | None, typer.Option("--experts", help=(
-    "The experts to train: an expert_config.json written by `moeforge select` on this base model [default: profile the "
+    "The experts to train: an expert_config.json written by `moeforge select` on this base model \\[default: profile the "
     "job's train split and select by --config's select rule]."))]
 WarmStartOpt = Annotated[str | None, typer.Option("--warm-start", help=(
     "Start the selected experts from the library: auto (the best match above the similarity threshold that lowers the train "
-    "split's loss), none (the base's experts), or entry ids best first, comma-separated [default: auto]."))]
+    "split's loss), none (the base's experts), or entry ids best first, comma-separated \\[default: auto]."))]
 LibraryFlag = Annotated[bool, typer.Option("--library/--no-library", help=(
     "Use the expert library (--catalog, --library-store): match for a warm start, deposit the final state."))]
-ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase [default: 30].")]
+ScoreBlocksOpt = Annotated[int | None, typer.Option("--score-blocks", help="Blocks in each round's score phase \\[default: 30].")]
 
 
 def job_request(config: Path | None, model: Path, domain: str, defaults: dict | None = None, **flags):

@@ -20,12 +20,12 @@ def serve(
     path: Annotated[Path, typer.Argument(help="An export folder (`moeforge export`) or a bundle (`moeforge bundle create`).")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
-    api_key: Annotated[list[str] | None, typer.Option("--api-key", help="An accepted API key (repeatable) [default: "
+    api_key: Annotated[list[str] | None, typer.Option("--api-key", help="An accepted API key (repeatable) \\[default: "
                                                                         "$MOEFORGE_API_KEYS, comma-separated, else one made and printed].")] = None,
     routing: Annotated[str, typer.Option("--routing", help="exact (moeforge's runtime, from the full router rows) or "
                                                           "standard (the checkpoint as stock transformers runs it).")] = "exact",
-    ledger: Annotated[Path | None, typer.Option("--ledger", help="Folder of the usage ledger [default: $MOEFORGE_HOME/usage/NAME].")] = None,
-    ledger_key: Annotated[Path | None, typer.Option("--ledger-key", help="EC private key signing the ledger [default: "
+    ledger: Annotated[Path | None, typer.Option("--ledger", help="Folder of the usage ledger \\[default: $MOEFORGE_HOME/usage/NAME].")] = None,
+    ledger_key: Annotated[Path | None, typer.Option("--ledger-key", help="EC private key signing the ledger \\[default: "
                                                                          "$MOEFORGE_HOME/keys/usage.pem, created on first use].")] = None,
     max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens", min=1)] = 2048,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens one request may generate.")] = 512,

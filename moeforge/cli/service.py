@@ -19,9 +19,9 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 console = Console()
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="The Centre's folder [default: $MOEFORGE_HOME/service].")]
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="The Centre's folder \\[default: $MOEFORGE_HOME/service].")]
 DatabaseOpt = Annotated[str | None, typer.Option("--database", help=(
-    "The database (the expert library's catalog): sqlite:///… or postgresql://… [default: $MOEFORGE_CATALOG or the "
+    "The database (the expert library's catalog): sqlite:///… or postgresql://… \\[default: $MOEFORGE_CATALOG or the "
     "library's SQLite file]."))]
 WORKER_RESTARTS = 5
 

@@ -23,7 +23,7 @@ StoreUrl = Annotated[
     typer.Option(
         "--store",
         help="Store URL: file:///folder, a folder, or s3://bucket/prefix?endpoint=…  "
-        "[default: $MOEFORGE_STORE, else the folder store under $MOEFORGE_HOME]",
+        "\\[default: $MOEFORGE_STORE, else the folder store under $MOEFORGE_HOME]",
         show_default=False,
     ),
 ]
