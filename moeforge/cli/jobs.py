@@ -31,8 +31,11 @@ class Client:
         from moeforge.extras import require
 
         require("service", "`moeforge jobs`")  # httpx
+        import logging
+
         import httpx
 
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is not the user's business
         self.url = (url or os.environ.get("MOEFORGE_SERVICE_URL") or "http://127.0.0.1:8100").rstrip("/")
         key = key or os.environ.get("MOEFORGE_API_KEY")
         if not key:
@@ -105,11 +108,12 @@ def ls(limit: Annotated[int, typer.Option("--limit", min=1, max=100)] = 20, url:
         console.print_json(json.dumps(data))
         return
     table = Table(title="jobs")
-    for col in ("id", "status", "model", "domain", "created", "model made"):
+    table.add_column("id", no_wrap=True, min_width=30)  # whole: it is what `jobs show|watch|cancel` take
+    for col in ("status", "model", "domain", "created", "model made"):
         table.add_column(col)
     for job in data["data"]:
         table.add_row(job["id"], job["status"], job["model"], (job.get("problem") or {}).get("domain", ""),
-                      time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"])), (job["fine_tuned_model"] or "")[:12])
+                      time.strftime("%m-%d %H:%M", time.localtime(job["created_at"])), (job["fine_tuned_model"] or "")[:12])
     console.print(table)
 
 
