@@ -119,7 +119,7 @@ class Miner:
             f"{ref.sha256[:10]}…, loss {result.history[0].loss:.3f} → {result.final_loss:.3f}, delta norm {prepared.delta_norm:.4g}",
             round=r, mode=self.mode, base=ref.sha256, base_round=ref.round, digest=prepared.digest,
             first_loss=result.history[0].loss, final_loss=result.final_loss, delta_norm=prepared.delta_norm,
-            tokens_per_s=result.tokens_per_s, timings=timings,
+            tokens=result.tokens, tokens_per_s=result.tokens_per_s, timings=timings,
         )
         return prepared
 

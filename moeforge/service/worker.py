@@ -333,7 +333,7 @@ class Worker:
             if entry is not None and entry not in plan["warm_start"] and s.get(EntryOwnerRow, (entry, row.tenant_id)) is None:
                 s.add(EntryOwnerRow(entry_id=entry, tenant_id=row.tenant_id, job_id=row.id, created_at=now()))
             fresh.status, fresh.finished_at, fresh.fine_tuned_model = "succeeded", now(), entry
-            fresh.trained_tokens = plan["estimate"]["tokens"]
+            fresh.trained_tokens = _trained_tokens(net)
             ppl = (f"; WikiText-2 perplexity {record.general_ppl_before:.2f} → {record.general_ppl_after:.2f}"
                    if record.general_ppl_before and record.general_ppl_after else "")
             add_event(s, row.id, f"job succeeded: held-out loss {record.heldout_loss_before:.4f} → {record.heldout_loss_after:.4f} "
@@ -422,6 +422,19 @@ class Worker:
         sidecar = read_sidecar(work / "export")
         shutil.rmtree(work)
         return {"k": sidecar.get("k"), "num_experts": sidecar.get("num_experts"), "gaps": sidecar.get("gaps")}, tar
+
+
+def _trained_tokens(net) -> int:
+    """Tokens the job's miners trained on, summed from their `trained` events (a round trained again after a restart
+    counts once per miner)."""
+    from moeforge.network.observe import read_events
+
+    total = 0
+    for member in net.members:
+        if member.role == "miner":
+            rounds = {e["round"]: e.get("tokens", 0) for e in read_events(member.run_dir) if e["event"] == "trained"}
+            total += sum(rounds.values())
+    return total
 
 
 def _num(value) -> str:

@@ -43,6 +43,7 @@ def test_the_openai_client_uploads_a_file_and_runs_a_job_to_a_model_and_an_expor
     assert report["fields"] == "question → prompt, answer → response" and report["tokens"] > 300
     assert job.status == "succeeded", (job.error, running_centre.worker_log()[-3000:])
     assert job.hyperparameters.n_epochs == 2 and len(job.fine_tuned_model) == 64
+    assert job.trained_tokens == _miners_tokens(running_centre, job.id) > 0
     plan = job.plan
     assert plan["selection"]["experts"] > 0 and set(plan["memory"]) == {"full", "quantized", "subset"}
     assert plan["memory"]["subset"]["bytes"] < plan["memory"]["full"]["bytes"]
@@ -208,3 +209,10 @@ def test_a_job_with_too_little_data_for_its_held_out_sample_fails_at_planning_sa
     assert job.status == "failed" and job.error.code == "profiling_failed" and job.plan is None
     assert "held-out split packs into" in job.error.message or "0 held out; the job needs both" in job.error.message
     assert not any("running on the network" in e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data)
+
+
+def _miners_tokens(centre, job_id) -> int:
+    """What the job's miners logged as trained, read from their own event files."""
+    runs = centre.root / "home" / "service" / "runs" / job_id / "network"
+    events = [json.loads(line) for path in runs.glob("miner-*/events.jsonl") for line in path.read_text().splitlines()]
+    return sum(e["tokens"] for e in events if e["event"] == "trained")
