@@ -84,9 +84,6 @@ def _last(path: Path) -> dict | None:
 
 def verify_ledger(path: Path, public_key: Path) -> tuple[dict, list[str]]:
     """(totals, problems) over a ledger file or a folder of them: totals per entry, per expert, tokens and requests."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     path = Path(path)
@@ -100,28 +97,47 @@ def verify_ledger(path: Path, public_key: Path) -> tuple[dict, list[str]]:
     totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "entries": Counter(), "experts": Counter()}
     problems = []
     for file in files:
-        prev = None
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            where = f"{file.name}:{number}"
-            try:
-                record = json.loads(line)
-            except ValueError:
-                problems.append(f"{where}: not JSON")
-                prev = None
-                continue
-            expected_prev = genesis(record.get("model", ""), record.get("period", "")) if prev is None else prev
-            if record.get("prev") != expected_prev:
-                problems.append(f"{where}: breaks the chain (a record before it was removed, changed or reordered)")
-            if hashlib.sha256(_canonical(record)).hexdigest() != record.get("hash"):
-                problems.append(f"{where}: its hash does not match its content (altered)")
-            try:
-                key.verify(base64.b64decode(record.get("signature", "")), bytes.fromhex(record.get("hash", "")), ec.ECDSA(hashes.SHA256()))
-            except (InvalidSignature, ValueError):
-                problems.append(f"{where}: the signature does not verify with {public_key}")
-            prev = record.get("hash")
+        records, found = verify_records(file.name, file.read_text(encoding="utf-8"), key, key_name=str(public_key))
+        problems += found
+        for record in records:
             totals["requests"] += 1
             totals["prompt_tokens"] += int(record.get("prompt_tokens", 0))
             totals["completion_tokens"] += int(record.get("completion_tokens", 0))
             totals["entries"].update(record.get("entries", {}))
             totals["experts"].update(record.get("experts", {}))
     return totals, problems
+
+
+def verify_records(name: str, text: str, key, *, key_name: str = "the server's key") -> tuple[list[dict], list[str]]:
+    """(records, problems) of one ledger file's text: every link of its chain, every hash, every signature by `key`
+    (a loaded public key); a problem names `name:line`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    records, problems, prev = [], [], None
+    for number, line in enumerate(text.splitlines(), start=1):
+        where = f"{name}:{number}"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            problems.append(f"{where}: not JSON")
+            prev = None
+            continue
+        if not isinstance(record, dict):
+            problems.append(f"{where}: not a ledger record (a JSON object)")
+            prev = None
+            continue
+        expected_prev = genesis(str(record.get("model", "")), str(record.get("period", ""))) if prev is None else prev
+        if record.get("prev") != expected_prev:
+            problems.append(f"{where}: breaks the chain (a record before it was removed, changed or reordered)")
+        if hashlib.sha256(_canonical(record)).hexdigest() != record.get("hash"):
+            problems.append(f"{where}: its hash does not match its content (altered)")
+        try:
+            key.verify(base64.b64decode(str(record.get("signature", ""))), bytes.fromhex(str(record.get("hash", ""))),
+                       ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError):
+            problems.append(f"{where}: the signature does not verify with {key_name}")
+        prev = record.get("hash")
+        records.append(record)
+    return records, problems

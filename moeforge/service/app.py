@@ -49,7 +49,8 @@ class BodyLimit:
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     from moeforge.service.db import Database, centre_library
-    from moeforge.service.routes import exports, files, jobs, keys, models
+    from moeforge.service.market.search import RoutingMatcher
+    from moeforge.service.routes import earnings, exports, files, jobs, keys, market, models
     from moeforge.store.open import open_store
 
     app = FastAPI(title="moeforge Customization Centre", version="1", docs_url="/docs", redoc_url=None)
@@ -57,8 +58,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.db = Database(settings.database)
     app.state.store = open_store(settings.store)
     app.state.library = centre_library(app.state.db, settings.library_store)
+    app.state.matcher = RoutingMatcher(app.state.library)
     install_errors(app)
-    for module in (files, jobs, models, exports, keys):
+    for module in (files, jobs, models, exports, keys, market, earnings):
         app.include_router(module.router)
 
     @app.get("/health")

@@ -28,6 +28,7 @@ class ServiceSettings(BaseModel):
     chunk_bytes: int = Field(1 * MIB, ge=4096)
     max_rounds: int = Field(20, ge=1)
     poll_s: float = Field(0.5, gt=0)  # how often the worker looks for work
+    subnet_owner: str = "default"  # the tenant that lists shared-library entries and is paid as their owner
 
     @property
     def default_base(self) -> str:

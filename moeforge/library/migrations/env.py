@@ -2,7 +2,8 @@
 
 from alembic import context
 
-import moeforge.service.schema  # noqa: F401  (the Centre's tables share the metadata)
+import moeforge.service.market.schema  # noqa: F401  (the Centre's and the market's tables share the metadata)
+import moeforge.service.schema  # noqa: F401
 from moeforge.library.schema import Base
 
 connection = context.config.attributes["connection"]

@@ -10,7 +10,7 @@ from moeforge.service.errors import APIError, not_found
 from moeforge.service.routes.common import audit, check_limit, db, newest_first, page
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
-PURPOSES = ("fine-tune",)
+PURPOSES = ("fine-tune", "usage")  # usage: a `moeforge serve` ledger file, verified when it is reported
 
 
 def shape(row) -> dict:
@@ -30,7 +30,7 @@ def owned_file(session, tenant_id: str, file_id: str, param: str = "file_id"):
 
 @router.post("")
 async def upload(request: Request, caller: Caller = Depends(requires("write"))):
-    """Stream a data file into the store (multipart: `file`, `purpose=fine-tune`)."""
+    """Stream a file into the store (multipart: `file`, `purpose=fine-tune` or `usage`)."""
     from moeforge.service.schema import FileRow
     from moeforge.service.uploads import receive_upload
     from moeforge.service.validation import sniff
@@ -53,7 +53,8 @@ async def upload(request: Request, caller: Caller = Depends(requires("write"))):
 
     def insert():
         row = FileRow(id=new_id("file"), tenant_id=caller.tenant_id, filename=received.filename, purpose=purpose,
-                      bytes=received.bytes, sha256=digest, status="uploaded", deleted=False, created_at=now())
+                      bytes=received.bytes, sha256=digest, deleted=False,
+                      status="processed" if purpose == "usage" else "uploaded", created_at=now())
         with db(request).session() as s:
             s.add(row)
         audit(db(request), caller, "POST /v1/files", row.id)

@@ -103,6 +103,9 @@ def create(body: JobCreate, request: Request, caller: Caller = Depends(requires(
         for param, file_id in [("training_file", body.training_file), *(("files", f) for f in body.files),
                                *([("validation_file", body.validation_file)] if body.validation_file else [])]:
             row = owned_file(s, caller.tenant_id, file_id, param)
+            if row.purpose != "fine-tune":
+                raise APIError(400, f"{param} {file_id!r} has purpose {row.purpose!r}; a job trains on fine-tune files",
+                               param=param, code="wrong_purpose")
             if row.status == "error":
                 raise APIError(400, f"{param} {file_id!r} failed validation: {row.status_details}", param=param,
                                code="invalid_file")
