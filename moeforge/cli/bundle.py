@@ -33,27 +33,33 @@ def create(
 ) -> None:
     """Write the bundle: the export, SHA256SUMS, a model-signing signature, a CycloneDX ML-BOM, licences, wheels."""
     from moeforge.cli.inputs import output_dir
-    from moeforge.deploy.bundle import generate_key, public_path, write_bundle
-    from moeforge.deploy.export import SIDECAR
-    from moeforge.versions import software_versions
+    from moeforge.deploy.bundle import generate_key, public_path
 
     output_dir(out, "--out")
-    if not (export / SIDECAR).is_file():
-        raise ConfigError(f"{export}: not a moeforge export (no {SIDECAR}); run `moeforge export` first.")
+    _sidecar(export)
     if key is None:
         key = default_key()
         if not key.is_file():
             generate_key(key)
             console.print(f"created the publisher key {key} (give {public_path(key)} to customers to pin)", highlight=False)
-    sidecar = json.loads((export / SIDECAR).read_text())
+    build(export, out, key=key, tar=tar, wheelhouse=wheelhouse)
+    console.print(f"wrote the bundle {out}" + (f" and {out.with_suffix('.tar')}" if tar else "")
+                  + f"; check it with `sha256sum -c SHA256SUMS` there, or `moeforge bundle verify {out}`", highlight=False,
+                  soft_wrap=True)
+
+
+def build(export: Path, out: Path, *, key: Path, tar: bool, wheelhouse: bool, licences: dict[str, str] | None = None) -> Path:
+    """The bundle of `export` in `out`, signed with `key`; `licences`: more LICENSES/ files (name → text) than the data's."""
+    from moeforge.deploy.bundle import write_bundle
+    from moeforge.versions import software_versions
+
+    sidecar = _sidecar(export)
     entries = sorted({e["entry"] for experts in sidecar["layers"].values() for e in experts if e.get("entry")})
     bom = dict(name=export.resolve().name, version=str(sidecar.get("version", 1)), base_model=str(sidecar.get("base_model")),
                base_fingerprint=str(sidecar.get("base_fingerprint", "")), datasets=sidecar.get("datasets", {}),
                software=software_versions(), entries=entries)
-    write_bundle(export, out, key=key, licences=_licences(sidecar), bom=bom, wheelhouse=wheelhouse, tar=tar)
-    console.print(f"wrote the bundle {out}" + (f" and {out.with_suffix('.tar')}" if tar else "")
-                  + f"; check it with `sha256sum -c SHA256SUMS` there, or `moeforge bundle verify {out}`", highlight=False,
-                  soft_wrap=True)
+    return write_bundle(export, out, key=key, licences={**_licences(sidecar), **(licences or {})}, bom=bom,
+                        wheelhouse=wheelhouse, tar=tar)
 
 
 @app.command()
@@ -83,6 +89,14 @@ def keygen(out: Annotated[Path, typer.Option("--out", help="Where to write the p
         raise ConfigError(f"--out {out} exists already; a key is never overwritten.")
     generate_key(out)
     console.print(f"wrote {out} (private, mode 0600) and {public_path(out)} (public)", highlight=False, soft_wrap=True)
+
+
+def _sidecar(export: Path) -> dict:
+    from moeforge.deploy.export import SIDECAR
+
+    if not (export / SIDECAR).is_file():
+        raise ConfigError(f"{export}: not a moeforge export (no {SIDECAR}); run `moeforge export` first.")
+    return json.loads((export / SIDECAR).read_text())
 
 
 def _licences(sidecar: dict) -> dict[str, str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from moeforge.errors import ArtifactNotFound, DataError, MoeforgeError
 from moeforge.library.catalog import Catalog, open_catalog
-from moeforge.library.entry import EntryManifest, canonical_bytes, experts_slice, parse_manifest
+from moeforge.library.entry import EntryManifest, canonical_bytes, entry_id, experts_slice, parse_manifest
 from moeforge.store.protocol import Store
 
 
@@ -28,8 +28,32 @@ class Library:
         for digest in (manifest.experts, manifest.profile):
             if digest is not None and not self.store.exists(digest):
                 raise ArtifactNotFound(f"blob {digest[:12]}… of the entry is not in the library's store {self.store.url}.")
-        entry_id = self.store.put(canonical_bytes(manifest))
-        return entry_id, self.catalog.add(entry_id, manifest)
+        self._check_lineage(entry_id(manifest), manifest)
+        new_id = self.store.put(canonical_bytes(manifest))
+        return new_id, self.catalog.add(new_id, manifest)
+
+    def _check_lineage(self, new_id: str, manifest: EntryManifest) -> None:
+        """Every parent is an entry of this library, and the lineage above it is acyclic and does not hold the new entry
+        (earnings flow up the lineage, so a cycle would pay forever): a DataError naming the cycle otherwise."""
+        for parent in manifest.parents:
+            try:
+                self.catalog.get(parent.entry)
+            except ArtifactNotFound:
+                raise DataError(f"parent {parent.entry[:12]}… of the new entry is not in this library's catalog "
+                                f"{self.catalog.url}: deposit the parent first.") from None
+        done: set[str] = set()
+
+        def visit(entry: str, path: tuple[str, ...]) -> None:
+            if entry in path:
+                raise DataError(f"cyclic lineage refused at deposit: {' → '.join(e[:12] for e in (*path, entry))}.")
+            if entry in done:
+                return
+            for parent, _, _ in self.catalog.parents(entry):
+                visit(parent, (*path, entry))
+            done.add(entry)
+
+        for parent in manifest.parents:
+            visit(parent.entry, (new_id,))
 
     def manifest(self, entry: str) -> EntryManifest:
         """The manifest of an entry (an id or a prefix of one), read from the store and checked against its id."""

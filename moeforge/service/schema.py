@@ -99,8 +99,10 @@ class ExportRow(Base):
     __tablename__ = "exports"
     id: Mapped[str] = mapped_column(String(ID), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
-    entry_id: Mapped[str] = mapped_column(String(DIGEST))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True, nullable=True)  # None: of listed models
+    entry_id: Mapped[str] = mapped_column(String(DIGEST))  # the first of `models`
+    models: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of every entry exported (revision 0004)
+    file_id: Mapped[str | None] = mapped_column(String(ID), nullable=True)  # the data profiled, when there is no job
     status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed
     coverage: Mapped[str] = mapped_column(String(16))  # the routing coverage asked for, as text
     summary: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: experts kept, gaps

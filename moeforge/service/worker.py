@@ -22,8 +22,8 @@ import threading
 import traceback
 from pathlib import Path
 
-from moeforge.errors import MoeforgeError
-from moeforge.service.db import Database, add_event, centre_library, dumps, loads, now
+from moeforge.errors import ConfigError, MoeforgeError
+from moeforge.service.db import Database, add_event, centre_library, dumps, loads, now, stamp
 from moeforge.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -155,19 +155,20 @@ class Worker:
 
     def _records(self, row):
         """The job's training records, every file read as its validation read it (bad records skipped)."""
-        from moeforge.data.readers import DataSpec, read_records
         from moeforge.service.schema import FileRow
 
-        records = []
         with self.db.session() as s:
             files = [s.get(FileRow, i) for i in loads(row.files)]
+        return [record for f in files for record in self._file_records(f)]
+
+    def _file_records(self, f) -> list:
+        """A stored file's records, read as its validation read it (bad records skipped)."""
+        from moeforge.data.readers import DataSpec, read_records
+
         with tempfile.TemporaryDirectory(dir=self._scratch()) as tmp:
-            for f in files:
-                path = Path(tmp) / f.id / f.filename
-                path.parent.mkdir()
-                path.write_bytes(self.store.get(f.sha256))
-                records += read_records(path, DataSpec(on_error="skip")).records
-        return records
+            path = Path(tmp) / f.filename
+            path.write_bytes(self.store.get(f.sha256))
+            return read_records(path, DataSpec(on_error="skip")).records
 
     def run_dir(self, job_id: str) -> Path:
         return self.settings.runs() / job_id
@@ -343,7 +344,7 @@ class Worker:
                             "general_ppl_before": record.general_ppl_before, "general_ppl_after": record.general_ppl_after,
                             "entry": entry})
             if entry is not None:
-                export = queue_export(s, row.tenant_id, row.id, entry, 0.9)
+                export = queue_export(s, row.tenant_id, row.id, [entry], 0.9)
                 settings = loads(fresh.settings)
                 fresh.settings = dumps({**settings, "result_files": [export.id]})
 
@@ -381,13 +382,16 @@ class Worker:
             if row is None:
                 return False
             row.status = "running"
-            job = s.get(JobRow, row.job_id)
+            job = s.get(JobRow, row.job_id) if row.job_id is not None else None
         try:
-            summary, tar = self._export(row, job)
+            grants = self._export_grants(row)
+            summary, tar = self._export(row, job, grants)
         except MoeforgeError as exc:
             with self.db.session() as s:
                 fresh = s.get(ExportRow, row.id)
                 fresh.status, fresh.error, fresh.finished_at = "failed", str(exc), now()
+                if row.job_id is not None:
+                    add_event(s, row.job_id, f"export {row.id} failed: {exc}", level="error")
             return True
         from moeforge.store.protocol import sha256_stream
 
@@ -396,13 +400,51 @@ class Worker:
         with self.db.session() as s:
             fresh = s.get(ExportRow, row.id)
             fresh.status, fresh.summary, fresh.bytes, fresh.sha256, fresh.finished_at = "succeeded", dumps(summary), size, digest, now()
-            add_event(s, row.job_id, f"exported: {summary['k']} of {summary['num_experts']} experts per layer, bundle "
-                      f"{size:,} bytes ({row.id})", data={"export": row.id})
+            self._charge_exports(s, row, grants)
+            if row.job_id is not None:
+                add_event(s, row.job_id, f"exported: {summary['k']} of {summary['num_experts']} experts per layer, bundle "
+                          f"{size:,} bytes ({row.id})", data={"export": row.id})
         return True
 
-    def _export(self, row, job) -> tuple[dict, Path]:
-        from moeforge.cli.bundle import create
+    def _export_grants(self, row) -> dict:
+        """entry → the grant it is exported under (None: own or shared); refused if a grant was revoked since the request."""
+        from moeforge.service.errors import APIError
+        from moeforge.service.routes.exports import export_right
+
+        grants = {}
+        with self.db.session() as s:
+            for i, entry in enumerate(loads(row.models) or [row.entry_id]):
+                try:
+                    grant = export_right(s, self.library, row.tenant_id, entry, f"models.{i}")
+                except APIError as exc:
+                    raise ConfigError(f"no longer exportable: {exc.message}") from None
+                grants[entry] = None if grant is None else {"id": grant.id, "listing": grant.listing_id,
+                                                            "terms": loads(grant.terms), "granted_at": stamp(grant.decided_at)}
+        return grants
+
+    def _charge_exports(self, session, row, grants: dict) -> None:
+        """Mark each grant as exported under (its bundles keep their terms), and charge flat per-export prices."""
+        from moeforge.service.market.ledger import lineage_nodes, post_revenue
+        from moeforge.service.market.schema import GrantRow
+        from moeforge.service.schema import TenantRow
+
+        subnet = session.query(TenantRow.id).filter(TenantRow.name == self.settings.subnet_owner).scalar()
+        node = lineage_nodes(session, subnet)
+        for entry, grant in sorted(grants.items()):
+            if grant is None:
+                continue
+            fresh = session.get(GrantRow, grant["id"])
+            if fresh.exported_at is None:
+                fresh.exported_at = now()
+            price = grant["terms"]["price"]
+            if price["kind"] == "per_export" and price["micros"] > 0:
+                post_revenue(session, kind="export", period=now().strftime("%Y-%m-%d"), customer=row.tenant_id, entry=entry,
+                             micros=price["micros"], source=row.id, node=node)
+
+    def _export(self, row, job, grants: dict) -> tuple[dict, Path]:
+        from moeforge.cli.bundle import build, default_key
         from moeforge.cli.export import export
+        from moeforge.deploy.bundle import generate_key
         from moeforge.deploy.export import read_sidecar
         from moeforge.service.routes.exports import tar_path
 
@@ -410,18 +452,62 @@ class Worker:
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        domain = loads(job.problem)["domain"]
-        data = self.run_dir(job.id) / DATA_FILE.format(domain=domain)
-        export(model=Path(self.settings.bases[job.model]), out=work / "export", entry=[row.entry_id], delta=None, data=str(data),
+        if job is not None:
+            base = job.model
+            data = self.run_dir(job.id) / DATA_FILE.format(domain=loads(job.problem)["domain"])
+        else:
+            base, data = self.settings.default_base, work / "data.jsonl"
+            self._write_file_records(row.file_id, data)
+        entries = loads(row.models) or [row.entry_id]
+        export(model=Path(self.settings.bases[base]), out=work / "export", entry=entries, delta=None, data=str(data),
                prompt_field="prompt", response_field="response", text_field=None, coverage=float(row.coverage), k=None,
                gap_budget=0.01, score="token", profile_tokens=16_384, eval_tokens=16_384, catalog=self.settings.database,
                library_store=self.settings.library_store, device=self.settings.device)
-        create(export=work / "export", out=work / "bundle", key=None, tar=True, wheelhouse=False)
+        key = default_key()
+        if not key.is_file():
+            generate_key(key)
+        build(work / "export", work / "bundle", key=key, tar=True, wheelhouse=False,
+              licences=self._licence_texts(row, entries, grants))
         tar = tar_path(self.settings, row.id)
         (work / "bundle.tar").replace(tar)
         sidecar = read_sidecar(work / "export")
         shutil.rmtree(work)
-        return {"k": sidecar.get("k"), "num_experts": sidecar.get("num_experts"), "gaps": sidecar.get("gaps")}, tar
+        return {"k": sidecar.get("k"), "num_experts": sidecar.get("num_experts"), "gaps": sidecar.get("gaps"),
+                "grants": {e: g["id"] for e, g in grants.items() if g is not None}}, tar
+
+    def _licence_texts(self, row, entries: list[str], grants: dict) -> dict[str, str]:
+        """LICENSES/ files of the bundle: each entry's licence (its listing's, or its manifest's) and GRANTS.json."""
+        from sqlalchemy import select
+
+        from moeforge.service.market.schema import ListingRow
+        from moeforge.service.market.terms import Licence
+
+        texts = {}
+        with self.db.session() as s:
+            for entry in entries:
+                grant = grants.get(entry)
+                if grant is not None:
+                    licence = Licence.model_validate(grant["terms"]["licence"])
+                else:
+                    listed = s.scalar(select(ListingRow.licence).where(ListingRow.entry_id == entry))
+                    spdx = self.library.manifest(entry).license
+                    licence = Licence.model_validate_json(listed) if listed else None
+                    if licence is None:
+                        texts[f"entry-{entry[:12]}-LICENSE.txt"] = f"Licence of library entry {entry}: {spdx}\n"
+                        continue
+                texts[f"entry-{entry[:12]}-LICENSE.txt"] = f"Licence of library entry {entry}:\n\n{licence.text()}"
+        texts["GRANTS.json"] = json.dumps({"export": row.id, "tenant": row.tenant_id,
+                                           "grants": {e: g for e, g in sorted(grants.items()) if g is not None}},
+                                          indent=2, sort_keys=True) + "\n"
+        return texts
+
+    def _write_file_records(self, file_id: str, out: Path) -> None:
+        from moeforge.atomic import write_text
+        from moeforge.service.schema import FileRow
+
+        with self.db.session() as s:
+            f = s.get(FileRow, file_id)
+        write_text(out, "".join(json.dumps({"prompt": r.prompt, "response": r.response}) + "\n" for r in self._file_records(f)))
 
 
 def _trained_tokens(net) -> int:

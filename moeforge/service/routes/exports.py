@@ -1,7 +1,11 @@
-"""`/v1/exports`: a finished job's experts exported right-sized and bundled for an air-gapped site, downloadable.
+"""`/v1/exports`: library entries exported right-sized and bundled for an air-gapped site, downloadable.
 
 The worker exports every succeeded job once by itself (coverage 0.9); POST asks for another
-coverage. The download is the bundle as one tar (`moeforge bundle verify` or `sha256sum -c` checks it).
+coverage, adds `models` (the tenant's own entries, the shared library's, or listed entries it
+holds an active grant for), or exports `models` alone, profiled on one of the tenant's files. The
+bundle carries each entry's licence text and the grants it was exported under; a revoked grant
+stops new exports. The download is the bundle as one tar (`moeforge bundle verify` or
+`sha256sum -c` checks it).
 """
 
 from fastapi import APIRouter, Depends, Request
@@ -16,14 +20,20 @@ from moeforge.service.routes.common import audit, check_limit, db, page
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
 
 
+MAX_MODELS = 8
+
+
 class ExportCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    job: str = Field(max_length=64)
+    job: str | None = Field(None, max_length=64)  # a succeeded job: its model, profiled on its data
+    models: list[str] = Field(default_factory=list, max_length=MAX_MODELS)  # more entries (or, without a job, the entries)
+    file: str | None = Field(None, max_length=64)  # without a job: the data the export is profiled on
     coverage: float = Field(0.9, gt=0, le=1)
 
 
 def shape(row) -> dict:
-    return {"id": row.id, "object": "export", "job": row.job_id, "model": row.entry_id, "status": row.status,
+    return {"id": row.id, "object": "export", "job": row.job_id, "model": row.entry_id,
+            "models": loads(row.models) or [row.entry_id], "status": row.status,
             "coverage": float(row.coverage), "summary": loads(row.summary), "error": row.error, "bytes": row.bytes,
             "sha256": row.sha256, "created_at": stamp(row.created_at), "finished_at": stamp(row.finished_at),
             "download": f"/v1/exports/{row.id}/content" if row.status == "succeeded" else None}
@@ -42,27 +52,76 @@ def tar_path(settings, export_id: str):
     return settings.exports() / f"{export_id}.tar"
 
 
-def queue_export(session, tenant_id: str, job_id: str, entry_id: str, coverage: float):
+def queue_export(session, tenant_id: str, job_id: str | None, entries: list[str], coverage: float, file_id: str | None = None):
     from moeforge.service.schema import ExportRow
 
-    row = ExportRow(id=new_id("export"), tenant_id=tenant_id, job_id=job_id, entry_id=entry_id, status="queued",
-                    coverage=f"{coverage:g}", created_at=now())
+    row = ExportRow(id=new_id("export"), tenant_id=tenant_id, job_id=job_id, entry_id=entries[0], models=dumps(entries),
+                    file_id=file_id, status="queued", coverage=f"{coverage:g}", created_at=now())
     session.add(row)
     return row
 
 
 @router.post("")
 def create(body: ExportCreate, request: Request, caller: Caller = Depends(requires("write"))):
+    from moeforge.service.routes.files import owned_file
     from moeforge.service.routes.jobs import owned_job
 
     with db(request).session() as s:
-        job = owned_job(s, caller.tenant_id, body.job)
-        if job.status != "succeeded" or job.fine_tuned_model is None:
-            raise APIError(400, f"job {body.job} has status {job.status}; only a succeeded job that made a model can be "
-                           "exported", param="job", code="job_not_exportable")
-        row = queue_export(s, caller.tenant_id, job.id, job.fine_tuned_model, body.coverage)
+        entries, file_id = [], None
+        if body.job is not None:
+            job = owned_job(s, caller.tenant_id, body.job)
+            if job.status != "succeeded" or job.fine_tuned_model is None:
+                raise APIError(400, f"job {body.job} has status {job.status}; only a succeeded job that made a model can be "
+                               "exported", param="job", code="job_not_exportable")
+            entries.append(job.fine_tuned_model)
+        elif not body.models or body.file is None:
+            raise APIError(400, "give `job` (a succeeded job), or `models` and `file` (the data to profile the export on)",
+                           param="job", code="nothing_to_export")
+        else:
+            f = owned_file(s, caller.tenant_id, body.file, "file")
+            if f.purpose != "fine-tune" or f.status != "processed":
+                raise APIError(400, f"file {body.file} is a {f.purpose} file, {f.status}; the export profiles a processed "
+                               "fine-tune file", param="file", code="invalid_file")
+            file_id = f.id
+        for i, model in enumerate(body.models):
+            if model in entries:
+                raise APIError(400, f"models[{i}] {model}: named twice", param=f"models.{i}")
+            export_right(s, request.app.state.library, caller.tenant_id, model, f"models.{i}")
+            entries.append(model)
+        row = queue_export(s, caller.tenant_id, body.job, entries, body.coverage, file_id)
     audit(db(request), caller, "POST /v1/exports", row.id)
     return shape(row)
+
+
+def export_right(session, library, tenant_id: str, entry: str, param: str):
+    """The grant (or None: the tenant's own entry, or the shared library's) under which the tenant may export `entry`;
+    APIError otherwise (404 for an entry it may not see, 403 for a listed one it holds no active grant for)."""
+    from sqlalchemy import select
+
+    from moeforge.errors import ArtifactNotFound
+    from moeforge.service.market.schema import ListingRow
+    from moeforge.service.market.usage import usable_grant
+    from moeforge.service.schema import EntryOwnerRow
+
+    owners = set(session.scalars(select(EntryOwnerRow.tenant_id).where(EntryOwnerRow.entry_id == entry)))
+    listing = session.scalar(select(ListingRow).where(ListingRow.entry_id == entry))
+    if tenant_id in owners or (listing is not None and listing.owner_tenant == tenant_id):
+        return None
+    try:
+        summary = library.catalog.get(entry) if len(entry) == 64 else None
+    except ArtifactNotFound:
+        summary = None
+    visible = summary is not None and not summary.retired and (
+        (listing is None and not owners) or (listing is not None and listing.visibility != "private"))
+    if not visible:
+        raise not_found("model", entry, param)
+    if listing is None:
+        return None  # the shared library
+    grant = usable_grant(session, tenant_id, entry)
+    if grant is None:
+        raise APIError(403, f"{param}: model {entry[:12]}… is listed ({listing.id}, {listing.visibility}); export it once you "
+                       f"hold an active grant: POST /v1/market/listings/{listing.id}/access", param=param, code="no_grant")
+    return grant
 
 
 @router.get("")

@@ -1,5 +1,5 @@
 """The marketplace: listings, grants, server keys, usage reports and lines, and the append-only earnings ledger
-(moeforge/service/market/schema.py).
+(moeforge/service/market/schema.py); exports may name listed models instead of a job.
 
 Revision ID: 0004
 Revises: 0003
@@ -62,6 +62,10 @@ def upgrade() -> None:
                     _text("account", 200, index=True), sa.Column("amount_micros", sa.BigInteger, nullable=False),
                     _text("entry_id", _DIGEST, nullable=True), _text("origin_entry", _DIGEST, nullable=True), _text("source", _ID),
                     _when("created_at"))
+    with op.batch_alter_table("exports") as batch:  # an export of listed models has no job of its own
+        batch.alter_column("job_id", existing_type=sa.String(_ID), nullable=True)
+        batch.add_column(sa.Column("models", sa.Text, nullable=True))
+        batch.add_column(sa.Column("file_id", sa.String(_ID), nullable=True))
     if op.get_bind().dialect.name == "sqlite":
         for action in ("UPDATE", "DELETE"):
             op.execute(f"CREATE TRIGGER ledger_lines_no_{action.lower()} BEFORE {action} ON ledger_lines "
@@ -79,3 +83,7 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS ledger_lines_append_only()")
     for table in ("ledger_lines", "usage_lines", "usage_reports", "server_keys", "grants", "listings"):
         op.drop_table(table)
+    with op.batch_alter_table("exports") as batch:
+        batch.drop_column("file_id")
+        batch.drop_column("models")
+        batch.alter_column("job_id", existing_type=sa.String(_ID), nullable=False)
