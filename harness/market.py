@@ -32,7 +32,11 @@ def _profile(base_profile, rng: random.Random, domain_index: int):
         weights = [w * rng.uniform(0.8, 1.2) for w in weights]
         total = sum(weights)
         token[layer] = tuple(w / total for w in weights)
-        counts[layer] = tuple(round(t * base_profile.tokens * base_profile.top_k) for t in token[layer])
+        slots = base_profile.tokens * base_profile.top_k
+        raw = [int(t * slots) for t in token[layer]]
+        for e in sorted(range(n), key=lambda e: raw[e] - token[layer][e] * slots)[:slots - sum(raw)]:
+            raw[e] += 1  # the counts must sum to tokens × top_k exactly
+        counts[layer] = tuple(raw)
     return base_profile.model_copy(update={"token": token, "gate": token, "counts": counts, "gate_sums": token,
                                            "saliency": None, "saliency_sums": None})
 
