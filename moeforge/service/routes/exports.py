@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from moeforge.service.auth import Caller, requires
-from moeforge.service.db import loads, new_id, now, stamp
+from moeforge.service.db import dumps, loads, new_id, now, stamp
 from moeforge.service.errors import APIError, not_found
 from moeforge.service.routes.common import audit, check_limit, db, page
 
