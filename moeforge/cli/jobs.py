@@ -43,12 +43,7 @@ class Client:
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
     def call(self, method: str, path: str, **kwargs) -> dict:
-        import httpx
-
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ServiceError(f"cannot reach the Centre at {self.url} ({exc}); is `moeforge service up` running?") from None
+        response = self.send(method, path, **kwargs)
         try:
             data = response.json()
         except ValueError:
@@ -59,11 +54,30 @@ class Client:
             raise ServiceError(f"{method} {path}: HTTP {response.status_code}: {err.get('message', data)}{where}")
         return data
 
-    def upload(self, path: Path) -> dict:
+    def send(self, method: str, path: str, **kwargs):
+        """The raw response (a non-JSON body, such as a CSV statement, is read from it); unreachable → ServiceError."""
+        import httpx
+
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot reach the Centre at {self.url} ({exc}); is `moeforge service up` running?") from None
+
+    def validated(self, path: Path, option: str = "--file") -> dict:
+        """Upload a data file and wait for the Centre's validation; ServiceError naming the file if it failed."""
+        uploaded = self.upload(path, option=option)
+        while uploaded["status"] == "uploaded":
+            time.sleep(0.5)
+            uploaded = self.call("GET", f"/v1/files/{uploaded['id']}")
+        if uploaded["status"] == "error":
+            raise ServiceError(f"{path}: {uploaded['status_details']}")
+        return uploaded
+
+    def upload(self, path: Path, purpose: str = "fine-tune", option: str = "--file") -> dict:
         if not path.is_file():
-            raise ConfigError(f"--file {path}: no such file.")
+            raise ConfigError(f"{option} {path}: no such file.")
         with open(path, "rb") as f:
-            return self.call("POST", "/v1/files", files={"file": (path.name, f)}, data={"purpose": "fine-tune"})
+            return self.call("POST", "/v1/files", files={"file": (path.name, f)}, data={"purpose": purpose})
 
 
 @app.command()
@@ -80,12 +94,7 @@ def create(
     client = Client(url, key)
     ids = []
     for path in file:
-        uploaded = client.upload(path)
-        while uploaded["status"] == "uploaded":
-            time.sleep(0.5)
-            uploaded = client.call("GET", f"/v1/files/{uploaded['id']}")
-        if uploaded["status"] == "error":
-            raise ServiceError(f"{path}: {uploaded['status_details']}")
+        uploaded = client.validated(path)
         report = uploaded["report"]
         console.print(f"{path}: {uploaded['id']}: {report['records']:,} records, {report['skipped']} skipped, "
                       f"{report['duplicates']} duplicates, {report['tokens']:,} tokens", highlight=False)

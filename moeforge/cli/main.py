@@ -80,7 +80,7 @@ def _quiet_hugging_face(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from moeforge.cli import bundle, chain, data, demo, export, extract, jobs, library, miner, model, network, owner, profile, serve, service, store, testbed, train, validator
+    from moeforge.cli import bundle, chain, data, demo, export, extract, jobs, library, market, miner, model, network, owner, profile, serve, service, store, testbed, train, validator
     from moeforge.cli import eval as eval_cli
 
     app.add_typer(testbed.app, name="testbed")
@@ -97,6 +97,7 @@ def _register() -> None:
     app.add_typer(serve.usage_app, name="usage")
     app.add_typer(service.app, name="service")
     app.add_typer(jobs.app, name="jobs")
+    app.add_typer(market.app, name="market")
     app.command("profile")(profile.profile)
     app.command("select")(profile.select)
     app.command("extract")(extract.extract)
