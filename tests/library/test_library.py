@@ -209,3 +209,23 @@ def test_the_average_rule_gives_a_slot_two_entries_trained_the_mean_of_their_wei
     slot = shared[0]
     mean = (ea.weights[slot].down.double() + eb.weights[slot].down.double()) / 2
     assert torch.allclose(now.weights[slot].down.double(), mean, atol=1e-6)
+
+
+def test_a_deposit_whose_parent_is_missing_or_whose_lineage_has_a_cycle_is_refused_and_indexes_nothing(library, base_model, trained):
+    from sqlalchemy.orm import Session
+
+    from moeforge.library.schema import ParentRow
+
+    t = trained["math"]
+    ghost = "ab" * 32
+    with pytest.raises(DataError, match="not in this library's catalog"):
+        deposit_trained(library, base_model, t, parents=(Parent(entry=ghost, relation="warm_start", slots=1),))
+    a, _ = deposit_trained(library, base_model, t)
+    b, _ = deposit_trained(library, base_model, t, license="MIT", parents=(Parent(entry=a, relation="warm_start", slots=2),))
+    with Session(library.catalog.engine) as s:  # a catalog written by other hands: a names b as its parent too
+        s.add(ParentRow(entry_id=a, parent_id=b, relation="merge", slots=1))
+        s.commit()
+    before = len(library.catalog.entries())
+    with pytest.raises(DataError, match="cyclic lineage refused at deposit"):
+        deposit_trained(library, base_model, t, license="CC0-1.0", parents=(Parent(entry=b, relation="warm_start", slots=1),))
+    assert len(library.catalog.entries()) == before
