@@ -1,5 +1,7 @@
 """A Centre app in-process (FastAPI's TestClient) on the small testbed, with a synthetic market of library entries."""
 
+import json
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -49,3 +51,29 @@ def market(small_testbed, tmp_path_factory):
         own(app.state.db, entry, tenants["alice"])
     with TestClient(app) as client:
         yield Market(client, app, settings, entries, keys, tenants)
+
+
+@pytest.fixture(scope="module")
+def worker(market):
+    from moeforge.service.worker import Worker
+
+    saved = {k: os.environ.get(k) for k in ("MOEFORGE_CATALOG", "MOEFORGE_LIBRARY_STORE")}
+    yield Worker(market.settings)
+    for k, v in saved.items():  # the worker points the roles it starts at the Centre's library through the environment
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def data_file(market, worker):
+    from moeforge.data.corpora import load_corpus
+
+    text = "".join(json.dumps({"question": r.prompt, "answer": r.response}) + "\n" for r in load_corpus("math", "train")[:200])
+    r = market.client.post("/v1/files", headers=market.h("bob"), files={"file": ("maths.jsonl", text.encode())},
+                           data={"purpose": "fine-tune"})
+    assert worker.validate_next_file()
+    f = market.client.get(f"/v1/files/{r.json()['id']}", headers=market.h("bob")).json()
+    assert f["status"] == "processed", f
+    return f["id"]

@@ -3,7 +3,6 @@ new exports while bundles made already keep their terms (and their usage stays l
 
 import io
 import json
-import os
 import tarfile
 from datetime import UTC, datetime
 
@@ -12,32 +11,6 @@ import pytest
 from moeforge.service.market.terms import MICROS
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def worker(market):
-    from moeforge.service.worker import Worker
-
-    saved = {k: os.environ.get(k) for k in ("MOEFORGE_CATALOG", "MOEFORGE_LIBRARY_STORE")}
-    yield Worker(market.settings)
-    for k, v in saved.items():  # the worker points the roles it starts at the Centre's library through the environment
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
-def data_file(market, worker):
-    from moeforge.data.corpora import load_corpus
-
-    text = "".join(json.dumps({"question": r.prompt, "answer": r.response}) + "\n" for r in load_corpus("math", "train")[:200])
-    r = market.client.post("/v1/files", headers=market.h("bob"), files={"file": ("maths.jsonl", text.encode())},
-                           data={"purpose": "fine-tune"})
-    assert worker.validate_next_file()
-    f = market.client.get(f"/v1/files/{r.json()['id']}", headers=market.h("bob")).json()
-    assert f["status"] == "processed", f
-    return f["id"]
 
 
 def test_a_listed_model_is_exported_only_under_a_grant_with_its_licence_and_grant_in_the_bundle(market, worker, data_file):

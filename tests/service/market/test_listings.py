@@ -112,3 +112,16 @@ def test_public_access_is_immediate_gated_waits_for_the_owner_and_licence_change
     assert price.status_code == 200
     held = m.client.get("/v1/market/grants", headers=m.h("bob")).json()["data"]
     assert next(g for g in held if g["id"] == public["id"])["terms"]["price"]["micros"] == 2 * MICROS  # the grant keeps its terms
+
+
+def test_find_experts_for_my_data_orders_listings_by_routing_match_to_a_sample(market, listed, data_file):
+    m = market
+    r = m.client.get("/v1/market/listings", params={"sample": data_file}, headers=m.h("bob"))
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    scores = [x["relevance"]["score"] for x in data]
+    assert scores and all(s is not None for s in scores) and scores == sorted(scores, reverse=True)
+    assert "routing similarity" in data[0]["relevance"]["why"]
+    assert m.client.get("/v1/market/listings", params={"sample": data_file}, headers=m.h("bob")).json()["data"] == data
+    other = m.client.get("/v1/market/listings", params={"sample": data_file}, headers=m.h("carol"))
+    assert other.status_code == 404  # bob's file is not carol's to search with
