@@ -6,7 +6,9 @@ train them in rounds, validators score every update on held-out data and merge t
 3. GSM8K test loss and WikiText-2 perplexity of the base model and of the job's final experts; 4. the
 expert library entry the job was deposited as; 5. that entry exported right-sized, bundled and
 verified, served locally behind an OpenAI-compatible API for one streamed chat answer, and the
-usage it metered per expert. Run again, the job is matched to the first run's entry and its
+usage it metered per expert; 6. the marketplace: the entry listed at a price, licensed to a
+customer, the served usage handed in, verified and priced, and the revenue split through the
+entry's lineage into a ledger that reconciles exactly. Run again, the job is matched to the first run's entry and its
 experts start from it (a warm start), which the output says.
 """
 
@@ -67,7 +69,8 @@ def demo(
         entry = job.warm_start[0].entry
         console.print(f"deploying the entry the job started from, {entry[:12]}…", highlight=False)
     if entry is not None:
-        _deploy(path, entry, net.plan.run_dir, eval_tokens, device)
+        ledger, ledger_key = _deploy(path, entry, net.plan.run_dir, eval_tokens, device)
+        _market(path, entry, ledger, ledger_key)
     console.print(f"run folder: {net.plan.run_dir}", highlight=False, soft_wrap=True)
 
 
@@ -113,7 +116,7 @@ def _library_entry(net) -> None:
     return entry
 
 
-def _deploy(model_dir: Path, entry: str, run_dir: Path, eval_tokens: int, device: str) -> None:
+def _deploy(model_dir: Path, entry: str, run_dir: Path, eval_tokens: int, device: str) -> tuple[Path, Path]:
     """Export the entry right-sized, bundle and verify it, serve it locally, stream one chat answer, show its usage."""
     import threading
 
@@ -132,7 +135,8 @@ def _deploy(model_dir: Path, entry: str, run_dir: Path, eval_tokens: int, device
            catalog=None, library_store=None, device=device)
     create(export=run_dir / "export", out=run_dir / "bundle", key=None, tar=False, wheelhouse=False)
     verify(bundle=run_dir / "bundle", public_key=public_path(default_key()))
-    app, info = build_app(run_dir / "bundle", None, "exact", run_dir / "usage", None, 1024, 48, 8, 16, device)
+    # the ledger in its default folder ($MOEFORGE_HOME/usage/NAME): one chain per server and day, across runs
+    app, info = build_app(run_dir / "bundle", None, "exact", None, None, 1024, 48, 8, 16, device)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, name="moeforge-demo-server", daemon=True)
     thread.start()
@@ -153,11 +157,87 @@ def _deploy(model_dir: Path, entry: str, run_dir: Path, eval_tokens: int, device
         server.should_exit = True
         thread.join(timeout=30)
         app.state.engine.close()
-    totals, problems = verify_ledger(run_dir / "usage", public_path(info["ledger_key"]))
+    totals, problems = verify_ledger(info["ledger"], public_path(info["ledger_key"]))
     hits = ", ".join(f"{e[:12] + '…' if e != 'base' else 'base'} {n:,}" for e, n in totals["entries"].most_common())
     console.print(f"usage metered: {totals['requests']} request, {totals['prompt_tokens']} tokens in, {totals['completion_tokens']} "
                   f"out; routed-expert hits per library entry: {hits}; ledger {'verified' if not problems else 'BROKEN'} "
-                  f"({run_dir / 'usage'}); server stopped", highlight=False, soft_wrap=True)
+                  f"({info['ledger']}); server stopped", highlight=False, soft_wrap=True)
+    return Path(info["ledger"]), info["ledger_key"]
+
+
+def _market(model_dir: Path, entry: str, ledger: Path, ledger_key: Path) -> None:
+    """The Centre's marketplace on this machine's catalog: the subnet owner lists the entry, a customer takes a grant and
+    hands in the usage its server metered, and the revenue's split and reconciliation are shown."""
+    import threading
+    from datetime import UTC, datetime
+
+    import uvicorn
+
+    from moeforge.cli import market
+    from moeforge.cli.jobs import Client, ServiceError
+    from moeforge.cli.service import resolve_settings
+    from moeforge.deploy.bundle import public_path
+    from moeforge.service.app import create_app
+    from moeforge.service.auth import create_key, create_tenant, revoke_key, tenant_id_of
+    from moeforge.errors import ConfigError
+    from moeforge.service.market.terms import units
+
+    console.print("[bold]marketplace[/bold]: the entry listed at a price, licensed to a customer, its served usage handed in "
+                  "and priced, and the revenue split through its lineage")
+    settings = resolve_settings(None, None, model=model_dir)
+    app = create_app(settings)
+    keys = {}  # tenant name → (key id, key): keys for this step only, revoked at its end
+    for name in (settings.subnet_owner, "demo-customer"):
+        try:
+            tenant = tenant_id_of(app.state.db, name)
+        except ConfigError:
+            tenant, admin = create_tenant(app.state.db, name)
+            console.print(f"created the Centre's tenant {name}; its admin API key (shown once, keep it): {admin}", highlight=False)
+        keys[name] = create_key(app.state.db, tenant, "demo-market")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="moeforge-demo-centre", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RoleFailed("the Centre's API did not start")
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        owner, customer = keys[settings.subnet_owner][1], keys["demo-customer"][1]
+        mine = Client(url, owner).call("GET", "/v1/market/listings", params={"mine": True, "limit": 100})["data"]
+        listing = next((x for x in mine if x["model"] == entry), None)
+        if listing is None:
+            market.list_entry(model=entry, title="GSM8K maths experts", description="ESFT experts trained by the demo's network",
+                              tag=["math", "gsm8k"], licence=None, licence_file=None, licence_name=None, commercial=False,
+                              redistribution=False, attribution=True, field_of_use=None, price="per_mtok:1000",
+                              visibility="public", url=url, key=owner, as_json=False)
+            listing = next(x for x in Client(url, owner).call("GET", "/v1/market/listings", params={"mine": True, "limit": 100})["data"]
+                           if x["model"] == entry)
+        else:
+            console.print(f"listed already as {listing['id']}: {listing['price']['text']}", highlight=False)
+        market.request_access(listing=listing["id"], note="", url=url, key=customer, as_json=False)
+        day = sorted(ledger.glob("usage-*.jsonl"))[-1]
+        try:
+            market.usage(ledger=day, public_key=public_path(ledger_key), server_name="demo-server", url=url, key=customer,
+                         as_json=False)
+        except ServiceError as exc:  # e.g. a ledger another demo on this machine handed in already
+            console.print(f"[yellow]usage not priced[/yellow]: {exc}", highlight=False, soft_wrap=True)
+        period = datetime.now(UTC).strftime("%Y-%m")
+        statement = Client(url, owner).call("GET", "/v1/market/statements", params={"period": period})
+        table = Table("payee", "earned (units)", title=f"payout statement {period}", box=None)
+        for st in statement["data"]:
+            table.add_row(st["payee"], units(st["total_micros"]))
+        console.print(table)
+        r = statement["reconciliation"]
+        console.print(f"reconciliation {period}: revenue {units(r['revenue'])} = payouts {units(r['payouts'])} + fee "
+                      f"{units(r['fee'])}: {'exact' if r['exact'] else 'NOT EXACT'} over {r['transactions']} transactions",
+                      highlight=False)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        for key_id, _ in keys.values():
+            revoke_key(app.state.db, key_id)
 
 
 def _stream_chat(port: int, key: str, model: str, question: str):

@@ -1,3 +1,4 @@
+import re
 import pytest
 from typer.testing import CliRunner
 
@@ -37,11 +38,16 @@ def test_demo_reports_the_testbed_losses_and_runs_the_maths_job_through_a_local_
     assert "export: " in output and "verified: every file matches SHA256SUMS and the signature verifies" in output
     assert "assistant:" in output and "usage metered: 1 request" in output and "ledger verified" in output
     assert (tmp_path / "run" / "export" / "config.json").is_file() and (tmp_path / "run" / "bundle" / "SHA256SUMS").is_file()
+    # and on the marketplace: listed at a price, licensed, its usage priced and split into a ledger that reconciles
+    assert f"listed {entry[:12]}… as lst-" in output and "active" in output and "priced" in output
+    reconciled = re.search(r"reconciliation \d{4}-\d{2}: revenue ([0-9.]+) = payouts [0-9.]+ \+ fee [0-9.]+: exact", output)
+    assert reconciled and float(reconciled.group(1)) > 0, output
     again = runner.invoke(app, ["demo", "--preset", "small", "--out", str(out), "--miners", "2", "--validators", "1",
                                 "--rounds", "1", "--eval-tokens", "1024", "--run", str(tmp_path / "again")])
     assert again.exit_code == 0, again.output
     assert "warm start" in again.output and f"from library entry {entry[:12]}" in again.output
     assert "warm start (library experts)" in again.output  # its own row in the before/after table
+    assert "records 1–1" in " ".join(again.output.split())  # the server's ledger of the day went on: its new record is priced
     job = JobSpec.model_validate_json((tmp_path / "again" / "job" / JOB_FILE).read_text())
     assert [w.entry for w in job.warm_start] == [entry]
 
