@@ -13,6 +13,7 @@ experts start from it (a warm start), which the output says.
 """
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -118,10 +119,6 @@ def _library_entry(net) -> None:
 
 def _deploy(model_dir: Path, entry: str, run_dir: Path, eval_tokens: int, device: str) -> tuple[Path, Path]:
     """Export the entry right-sized, bundle and verify it, serve it locally, stream one chat answer, show its usage."""
-    import threading
-
-    import uvicorn
-
     from moeforge.cli.bundle import create, default_key, verify
     from moeforge.cli.export import export
     from moeforge.cli.serve import build_app
@@ -137,29 +134,21 @@ def _deploy(model_dir: Path, entry: str, run_dir: Path, eval_tokens: int, device
     verify(bundle=run_dir / "bundle", public_key=public_path(default_key()))
     # the ledger in its default folder ($MOEFORGE_HOME/usage/NAME): one chain per server and day, across runs
     app, info = build_app(run_dir / "bundle", None, "exact", None, None, 1024, 48, 8, 16, device)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="moeforge-demo-server", daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RoleFailed("the local server did not start")
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        question = "Natalia sold 48 clips in April and half as many in May. How many clips did she sell altogether?"
-        console.print(f"POST http://127.0.0.1:{port}/v1/chat/completions (streamed), user: {question}", highlight=False, soft_wrap=True)
-        console.print("assistant: ", end="", highlight=False)
-        for piece in _stream_chat(port, info["keys"][0], info["name"], question):
-            console.print(piece, end="", highlight=False, markup=False)
-        console.print()
+        with _on_loopback(app, "the local server") as url:
+            port = int(url.rsplit(":", 1)[1])
+            question = "Natalia sold 48 clips in April and half as many in May. How many clips did she sell altogether?"
+            console.print(f"POST http://127.0.0.1:{port}/v1/chat/completions (streamed), user: {question}", highlight=False, soft_wrap=True)
+            console.print("assistant: ", end="", highlight=False)
+            for piece in _stream_chat(port, info["keys"][0], info["name"], question):
+                console.print(piece, end="", highlight=False, markup=False)
+            console.print()
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         app.state.engine.close()
     totals, problems = verify_ledger(info["ledger"], public_path(info["ledger_key"]))
     hits = ", ".join(f"{e[:12] + '…' if e != 'base' else 'base'} {n:,}" for e, n in totals["entries"].most_common())
-    console.print(f"usage metered: {totals['requests']} request, {totals['prompt_tokens']} tokens in, {totals['completion_tokens']} "
+    n = totals["requests"]
+    console.print(f"usage metered: {n} request{'' if n == 1 else 's'} in this server's ledger, {totals['prompt_tokens']} tokens in, {totals['completion_tokens']} "
                   f"out; routed-expert hits per library entry: {hits}; ledger {'verified' if not problems else 'BROKEN'} "
                   f"({info['ledger']}); server stopped", highlight=False, soft_wrap=True)
     return Path(info["ledger"]), info["ledger_key"]
@@ -168,19 +157,13 @@ def _deploy(model_dir: Path, entry: str, run_dir: Path, eval_tokens: int, device
 def _market(model_dir: Path, entry: str, ledger: Path, ledger_key: Path) -> None:
     """The Centre's marketplace on this machine's catalog: the subnet owner lists the entry, a customer takes a grant and
     hands in the usage its server metered, and the revenue's split and reconciliation are shown."""
-    import threading
-    from datetime import UTC, datetime
-
-    import uvicorn
-
     from moeforge.cli import market
     from moeforge.cli.jobs import Client, ServiceError
     from moeforge.cli.service import resolve_settings
     from moeforge.deploy.bundle import public_path
     from moeforge.service.app import create_app
-    from moeforge.service.auth import create_key, create_tenant, revoke_key, tenant_id_of
     from moeforge.errors import ConfigError
-    from moeforge.service.market.terms import units
+    from moeforge.service.auth import create_key, create_tenant, revoke_key, tenant_id_of
 
     console.print("[bold]marketplace[/bold]: the entry listed at a price, licensed to a customer, its served usage handed in "
                   "and priced, and the revenue split through its lineage")
@@ -194,50 +177,71 @@ def _market(model_dir: Path, entry: str, ledger: Path, ledger_key: Path) -> None
             tenant, admin = create_tenant(app.state.db, name)
             console.print(f"created the Centre's tenant {name}; its admin API key (shown once, keep it): {admin}", highlight=False)
         keys[name] = create_key(app.state.db, tenant, "demo-market")
+    try:
+        with _on_loopback(app, "the Centre's API") as url:
+            owner, customer = keys[settings.subnet_owner][1], keys["demo-customer"][1]
+            mine = Client(url, owner).call("GET", "/v1/market/listings", params={"mine": True, "limit": 100})["data"]
+            listing = next((x for x in mine if x["model"] == entry), None)
+            if listing is None:
+                market.list_entry(model=entry, title="GSM8K maths experts", description="ESFT experts trained by the demo's network",
+                                  tag=["math", "gsm8k"], licence=None, licence_file=None, licence_name=None, commercial=False,
+                                  redistribution=False, attribution=True, field_of_use=None, price="per_mtok:1000",
+                                  visibility="public", url=url, key=owner, as_json=False)
+                listing = next(x for x in Client(url, owner).call("GET", "/v1/market/listings", params={"mine": True, "limit": 100})["data"]
+                               if x["model"] == entry)
+            else:
+                console.print(f"listed already as {listing['id']}: {listing['price']['text']}", highlight=False)
+            market.request_access(listing=listing["id"], note="", url=url, key=customer, as_json=False)
+            day = sorted(ledger.glob("usage-*.jsonl"))[-1]
+            try:
+                market.usage(ledger=day, public_key=public_path(ledger_key), server_name="demo-server", url=url, key=customer,
+                             as_json=False)
+            except ServiceError as exc:  # e.g. a ledger another demo on this machine handed in already
+                console.print(f"[yellow]usage not priced[/yellow]: {exc}", highlight=False, soft_wrap=True)
+            _print_statement(Client(url, owner))
+    finally:
+        for key_id, _ in keys.values():
+            revoke_key(app.state.db, key_id)
+
+
+def _print_statement(client) -> None:
+    """This month's payout statement (every payee: the client is the subnet owner's) and its reconciliation."""
+    from datetime import UTC, datetime
+
+    from moeforge.service.market.terms import units
+
+    period = datetime.now(UTC).strftime("%Y-%m")
+    statement = client.call("GET", "/v1/market/statements", params={"period": period})
+    table = Table("payee", "earned (units)", title=f"payout statement {period}", box=None)
+    for st in statement["data"]:
+        table.add_row(st["payee"], units(st["total_micros"]))
+    console.print(table)
+    r = statement["reconciliation"]
+    console.print(f"reconciliation {period}: revenue {units(r['revenue'])} = payouts {units(r['payouts'])} + fee "
+                  f"{units(r['fee'])}: {'exact' if r['exact'] else 'NOT EXACT'} over {r['transactions']} transactions",
+                  highlight=False)
+
+
+@contextmanager
+def _on_loopback(app, what: str):
+    """Serve `app` with uvicorn on a free loopback port in a thread; → its URL, until the block ends."""
+    import threading
+
+    import uvicorn
+
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="moeforge-demo-centre", daemon=True)
+    thread = threading.Thread(target=server.run, name="moeforge-demo-server", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 60
         while not server.started:
             if time.monotonic() > deadline or not thread.is_alive():
-                raise RoleFailed("the Centre's API did not start")
+                raise RoleFailed(f"{what} did not start")
             time.sleep(0.05)
-        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-        owner, customer = keys[settings.subnet_owner][1], keys["demo-customer"][1]
-        mine = Client(url, owner).call("GET", "/v1/market/listings", params={"mine": True, "limit": 100})["data"]
-        listing = next((x for x in mine if x["model"] == entry), None)
-        if listing is None:
-            market.list_entry(model=entry, title="GSM8K maths experts", description="ESFT experts trained by the demo's network",
-                              tag=["math", "gsm8k"], licence=None, licence_file=None, licence_name=None, commercial=False,
-                              redistribution=False, attribution=True, field_of_use=None, price="per_mtok:1000",
-                              visibility="public", url=url, key=owner, as_json=False)
-            listing = next(x for x in Client(url, owner).call("GET", "/v1/market/listings", params={"mine": True, "limit": 100})["data"]
-                           if x["model"] == entry)
-        else:
-            console.print(f"listed already as {listing['id']}: {listing['price']['text']}", highlight=False)
-        market.request_access(listing=listing["id"], note="", url=url, key=customer, as_json=False)
-        day = sorted(ledger.glob("usage-*.jsonl"))[-1]
-        try:
-            market.usage(ledger=day, public_key=public_path(ledger_key), server_name="demo-server", url=url, key=customer,
-                         as_json=False)
-        except ServiceError as exc:  # e.g. a ledger another demo on this machine handed in already
-            console.print(f"[yellow]usage not priced[/yellow]: {exc}", highlight=False, soft_wrap=True)
-        period = datetime.now(UTC).strftime("%Y-%m")
-        statement = Client(url, owner).call("GET", "/v1/market/statements", params={"period": period})
-        table = Table("payee", "earned (units)", title=f"payout statement {period}", box=None)
-        for st in statement["data"]:
-            table.add_row(st["payee"], units(st["total_micros"]))
-        console.print(table)
-        r = statement["reconciliation"]
-        console.print(f"reconciliation {period}: revenue {units(r['revenue'])} = payouts {units(r['payouts'])} + fee "
-                      f"{units(r['fee'])}: {'exact' if r['exact'] else 'NOT EXACT'} over {r['transactions']} transactions",
-                      highlight=False)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-        for key_id, _ in keys.values():
-            revoke_key(app.state.db, key_id)
 
 
 def _stream_chat(port: int, key: str, model: str, question: str):

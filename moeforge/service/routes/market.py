@@ -16,13 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from moeforge.service.auth import Caller, requires
-from moeforge.service.db import dumps, loads, new_id, now, stamp
+from moeforge.service.db import loads, new_id, now, stamp
 from moeforge.service.errors import APIError, not_found
 from moeforge.service.market.search import SAMPLE_TOKENS, SORTS, Filters, find, order
 from moeforge.service.market.terms import Licence, Price, Terms, Visibility
 from moeforge.service.routes.common import audit, check_limit, db
 
 router = APIRouter(prefix="/v1/market", tags=["market"])
+MAX_SAMPLE_BYTES = 8 * 1024 * 1024
 _TAG = re.compile(r"[a-z0-9][a-z0-9.+-]{0,49}")
 MEASURED = {"domain_loss": "held-out loss of the domain's data (nats per token) on rows no miner trained on, base experts "
                            "before and the entry's after",
@@ -75,19 +76,23 @@ class DirectGrant(BaseModel):
 # --- reading ---------------------------------------------------------------------------------------------------------
 
 
-def _access(session, caller: Caller, row) -> str:
+def _access(session, caller: Caller, rows: list) -> dict[str, str]:
+    """listing id → the caller's access to it: owner, none, or its latest grant's status (one query for all rows)."""
     from sqlalchemy import select
 
     from moeforge.service.market.schema import GrantRow
 
-    if row.owner_tenant == caller.tenant_id:
-        return "owner"
-    grant = session.scalar(select(GrantRow).where(GrantRow.listing_id == row.id, GrantRow.tenant_id == caller.tenant_id)
-                           .order_by(GrantRow.created_at.desc()).limit(1))
-    return "none" if grant is None else grant.status
+    out = {r.id: "owner" if r.owner_tenant == caller.tenant_id else "none" for r in rows}
+    others = [r.id for r in rows if out[r.id] == "none"]
+    if others:
+        grants = session.execute(select(GrantRow.listing_id, GrantRow.status).where(
+            GrantRow.listing_id.in_(others), GrantRow.tenant_id == caller.tenant_id).order_by(GrantRow.created_at))
+        for listing_id, status in grants:
+            out[listing_id] = status  # the latest wins
+    return out
 
 
-def shape(session, caller: Caller, row, relevance: dict | None = None) -> dict:
+def shape(session, caller: Caller, row, relevance: dict | None = None, access: str | None = None) -> dict:
     licence = Licence.model_validate_json(row.licence)
     price = Price(kind=row.price_kind, micros=row.price_micros)
     return {"id": row.id, "object": "listing", "model": row.entry_id, "title": row.title, "description": row.description,
@@ -96,7 +101,7 @@ def shape(session, caller: Caller, row, relevance: dict | None = None) -> dict:
             "price": {**price.model_dump(mode="json"), "text": price.describe()}, "visibility": row.visibility,
             "owned_by": "you" if row.owner_tenant == caller.tenant_id else "another tenant",
             "metrics": {"domain_gain": row.domain_gain, "general_ppl_change": row.general_ppl_change},
-            "access": _access(session, caller, row), "relevance": relevance,
+            "access": access or _access(session, caller, [row])[row.id], "relevance": relevance,
             "created_at": stamp(row.created_at), "updated_at": stamp(row.updated_at)}
 
 
@@ -136,7 +141,8 @@ def search(request: Request, q: str | None = None, domain: str | None = None, ba
     with db(request).session() as s:
         rows = find(s, caller.tenant_id, f)
         ordered = order(rows, f, similarity)
-        data = [shape(s, caller, r, rel) for r, rel in ordered[:limit]]
+        access = _access(s, caller, [r for r, _ in ordered[:limit]])
+        data = [shape(s, caller, r, rel, access[r.id]) for r, rel in ordered[:limit]]
     return {"object": "list", "data": data, "has_more": len(ordered) > limit, "total": len(ordered)}
 
 
@@ -146,8 +152,12 @@ def _sample_similarity(request: Request, caller: Caller, file_id: str) -> dict[s
 
     with db(request).session() as s:
         f = owned_file(s, caller.tenant_id, file_id)
-    if f.status != "processed":
-        raise APIError(400, f"file {file_id} is {f.status}; a sample must be a processed (validated) file", param="sample")
+    if f.status != "processed" or f.purpose != "fine-tune":
+        raise APIError(400, f"file {file_id} is a {f.purpose} file, {f.status}; a sample must be a processed (validated) "
+                       "fine-tune file", param="sample")
+    if f.bytes > MAX_SAMPLE_BYTES:  # the web process profiles it: keep that bounded
+        raise APIError(400, f"file {file_id} is {f.bytes:,} bytes; a search sample may be up to {MAX_SAMPLE_BYTES:,} (upload "
+                       "a few hundred records of your data)", param="sample", code="sample_too_large")
     state = request.app.state
     profile, background = state.matcher.sample_profile(f.sha256, state.settings.default_base,
                                                        lambda: _profile_sample(state, f.filename, f.sha256))
