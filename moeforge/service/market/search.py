@@ -8,6 +8,7 @@ Without a sample, a text query orders by where it matched (title, tags, domain, 
 then by held-out gain.
 """
 
+import json
 import threading
 from dataclasses import dataclass
 
@@ -49,10 +50,16 @@ def find(session, tenant_id: str, f: Filters) -> list:
     if f.min_gain is not None:
         query = query.where(ListingRow.domain_gain >= f.min_gain)
     if f.q:
-        like = f"%{f.q.lower()}%"
-        query = query.where(or_(ListingRow.title.ilike(like), ListingRow.description.ilike(like), ListingRow.tags.ilike(like),
-                                ListingRow.domain.ilike(like)))
-    return list(session.scalars(query.order_by(ListingRow.created_at.desc(), ListingRow.id)))
+        like = "%" + f.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"  # the text, not a pattern
+        query = query.where(or_(*(column.ilike(like, escape="\\") for column in
+                                  (ListingRow.title, ListingRow.description, ListingRow.tags, ListingRow.domain))))
+    rows = list(session.scalars(query.order_by(ListingRow.created_at.desc(), ListingRow.id)))
+    return [r for r in rows if _where(r, f.q.lower())] if f.q else rows  # SQL saw the tags' JSON text: keep real matches
+
+
+def _where(row, text: str) -> list[str]:
+    """The fields of the listing `text` is in (each tag on its own)."""
+    return [name for name, _ in _TEXT_WEIGHTS if any(text in value.lower() for value in _values(row, name))]
 
 
 def order(rows: list, f: Filters, similarity: dict[str, float] | None = None) -> list[tuple[object, dict | None]]:
@@ -74,13 +81,19 @@ def order(rows: list, f: Filters, similarity: dict[str, float] | None = None) ->
         text = f.q.lower()
 
         def score(r) -> tuple[int, list[str]]:
-            where = [name for name, _ in _TEXT_WEIGHTS if text in (getattr(r, name) or "").lower()]
+            where = _where(r, text)
             return sum(w for name, w in _TEXT_WEIGHTS if name in where), where
 
         scored = [(r, *score(r)) for r in rows]
         scored.sort(key=lambda p: (-p[1], -(p[0].domain_gain or 0.0), p[0].id))
         return [(r, {"score": s, "why": f"{f.q!r} found in the {', '.join(where)}"}) for r, s, where in scored]
     return [(r, None) for r in sorted(rows, key=lambda r: (-(r.domain_gain if r.domain_gain is not None else -1e9), r.id))]
+
+
+def _values(row, name: str) -> list[str]:
+    if name == "tags":
+        return json.loads(row.tags or "[]")
+    return [getattr(row, name) or ""]
 
 
 class RoutingMatcher:

@@ -157,7 +157,7 @@ def _payee(session, request: Request, caller: Caller, payee: str | None) -> str 
 
 @router.get("/earnings")
 def earnings(request: Request, months: int = 12, caller: Caller = Depends(requires("read"))):
-    """Your earnings as a payee, per day and per month, and per entry, over the last `months` months."""
+    """Your earnings as a payee over the last `months` calendar months: per month, per day and per entry."""
     from collections import defaultdict
 
     from sqlalchemy import select
@@ -166,6 +166,9 @@ def earnings(request: Request, months: int = 12, caller: Caller = Depends(requir
 
     if not 1 <= months <= 120:
         raise APIError(400, f"months {months}: expected 1 to 120", param="months")
+    year, month = (int(x) for x in now().strftime("%Y-%m").split("-"))
+    first = year * 12 + month - 1 - (months - 1)  # the oldest calendar month shown
+    cutoff = f"{first // 12:04d}-{first % 12 + 1:02d}"
     account = f"tenant:{caller.tenant_id}"
     by_day, by_month, by_entry = defaultdict(int), defaultdict(int), defaultdict(int)
     with db(request).session() as s:
@@ -173,8 +176,9 @@ def earnings(request: Request, months: int = 12, caller: Caller = Depends(requir
                                                .where(LedgerLineRow.account == account)):
             by_day[period] += micros
             by_month[period[:7]] += micros
-            by_entry[entry] += micros
-    kept = sorted(by_month)[-months:]
+            if period[:7] >= cutoff:
+                by_entry[entry] += micros
+    kept = [m for m in sorted(by_month) if m >= cutoff]
     return {"object": "earnings", "payee": account, "total_micros": sum(by_month[m] for m in kept),
             "months": [{"period": m, "micros": by_month[m]} for m in kept],
             "days": [{"period": d, "micros": by_day[d]} for d in sorted(by_day) if d[:7] in kept],

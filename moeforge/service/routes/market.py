@@ -24,6 +24,7 @@ from moeforge.service.routes.common import audit, check_limit, db
 
 router = APIRouter(prefix="/v1/market", tags=["market"])
 MAX_SAMPLE_BYTES = 8 * 1024 * 1024
+GRANT_STATES = ("pending", "active", "rejected", "revoked")
 _TAG = re.compile(r"[a-z0-9][a-z0-9.+-]{0,49}")
 MEASURED = {"domain_loss": "held-out loss of the domain's data (nats per token) on rows no miner trained on, base experts "
                            "before and the entry's after",
@@ -200,8 +201,8 @@ def retrieve(listing_id: str, request: Request, caller: Caller = Depends(require
     with db(request).session() as s:
         row = visible_listing(s, caller, listing_id)
         out = shape(s, caller, row)
-        parents_listed = _listing_ids(s, [p for p, _, _ in library.catalog.parents(row.entry_id)])
-        children_listed = _listing_ids(s, library.catalog.children(row.entry_id))
+        parents_listed = _listing_ids(s, caller, [p for p, _, _ in library.catalog.parents(row.entry_id)])
+        children_listed = _listing_ids(s, caller, library.catalog.children(row.entry_id))
     manifest = library.manifest(row.entry_id)
     summary = library.catalog.get(row.entry_id)
     m = manifest.metrics
@@ -218,16 +219,16 @@ def retrieve(listing_id: str, request: Request, caller: Caller = Depends(require
     return out
 
 
-def _listing_ids(session, entries: list[str]) -> dict[str, str]:
-    """entry → listing id, for the entries among `entries` that are listed where anyone may see them."""
+def _listing_ids(session, caller: Caller, entries: list[str]) -> dict[str, str]:
+    """entry → listing id, for the entries among `entries` listed where the caller may see them."""
     from sqlalchemy import select
 
     from moeforge.service.market.schema import ListingRow
 
     if not entries:
         return {}
-    rows = session.execute(select(ListingRow.entry_id, ListingRow.id).where(ListingRow.entry_id.in_(entries),
-                                                                          ListingRow.visibility != "private"))
+    rows = session.execute(select(ListingRow.entry_id, ListingRow.id).where(
+        ListingRow.entry_id.in_(entries), (ListingRow.visibility != "private") | (ListingRow.owner_tenant == caller.tenant_id)))
     return dict(rows.all())
 
 
@@ -434,6 +435,8 @@ def list_grants(request: Request, role: str = "holder", status: str | None = Non
     check_limit(limit)
     if role not in ("holder", "owner"):
         raise APIError(400, f"role {role!r}: expected holder or owner", param="role")
+    if status is not None and status not in GRANT_STATES:
+        raise APIError(400, f"status {status!r}: expected one of {', '.join(GRANT_STATES)}", param="status")
     with db(request).session() as s:
         q = select(GrantRow)
         if role == "holder":

@@ -125,3 +125,14 @@ def test_find_experts_for_my_data_orders_listings_by_routing_match_to_a_sample(m
     assert m.client.get("/v1/market/listings", params={"sample": data_file}, headers=m.h("bob")).json()["data"] == data
     other = m.client.get("/v1/market/listings", params={"sample": data_file}, headers=m.h("carol"))
     assert other.status_code == 404  # bob's file is not carol's to search with
+
+
+def test_search_text_is_text_not_a_pattern_and_bad_grant_filters_are_refused(market, listed):
+    m = market
+    for q in ("%", "_", ",", '"'):
+        r = m.client.get("/v1/market/listings", params={"q": q}, headers=m.h("bob"))
+        assert r.status_code == 200 and r.json()["data"] == [], (q, r.json()["data"][:1])
+    tagged = m.client.get("/v1/market/listings", params={"q": "gsm8k", "sort": "newest"}, headers=m.h("bob")).json()["data"]
+    assert [x["id"] for x in tagged] == [listed["free"]["id"]]
+    bad = m.client.get("/v1/market/grants", params={"status": "aproved"}, headers=m.h("bob"))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "status"

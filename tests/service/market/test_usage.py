@@ -141,3 +141,19 @@ def test_bad_server_keys_and_reports_are_4xx_naming_the_field(market, world):
     job = m.client.post("/v1/fine_tuning/jobs", headers=m.h("bob"),
                         json={"model": "testbed-small", "training_file": _upload(m, "bob", world["ledger"])})
     assert job.status_code == 400 and job.json()["error"]["code"] == "wrong_purpose"
+
+
+def test_earnings_count_the_last_calendar_months_only(market, world):
+    from moeforge.service.db import now
+    from moeforge.service.market.schema import LedgerLineRow
+
+    m = market
+    before = m.client.get("/v1/market/earnings", headers=m.h("alice")).json()
+    with m.app.state.db.session() as s:  # a balanced transaction of long ago (the ledger takes inserts only)
+        for account, micros in ((f"customer:{m.tenants['bob']}", -7_000_000), (f"tenant:{m.tenants['alice']}", 7_000_000)):
+            s.add(LedgerLineRow(txn="txn-old", period="2019-01-05", kind="usage", account=account, amount_micros=micros,
+                                entry_id=m.entries[1], origin_entry=m.entries[1], source="usage-old", created_at=now()))
+    recent = m.client.get("/v1/market/earnings", params={"months": 12}, headers=m.h("alice")).json()
+    assert recent["total_micros"] == before["total_micros"] and "2019-01" not in [x["period"] for x in recent["months"]]
+    all_time = m.client.get("/v1/market/earnings", params={"months": 120}, headers=m.h("alice")).json()
+    assert all_time["total_micros"] == before["total_micros"] + 7_000_000
