@@ -1,8 +1,9 @@
-"""`moeforge model …`: look inside an MoE checkpoint, or size one from its config alone."""
+"""`moeforge model …`: look inside an MoE checkpoint, size one from its config alone, or plan a miner's device memory."""
 
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -50,6 +51,42 @@ def size(
     _print_size(size_of_config(_config(config), dtype=dtypes[dtype]))
 
 
+@app.command("plan")
+def plan(
+    config: str = typer.Argument(..., help=f"A shipped config ({', '.join(SHIPPED_CONFIGS)}), a config.json, or a checkpoint directory."),
+    mode: str | None = typer.Option(None, "--mode", help="full, quantized, subset or offload (planned); default: one row per mode."),
+    parts: int = typer.Option(1, "--parts", help="Miners the selected experts are split between; the plan is for the largest part."),
+    batch: int = typer.Option(1, "--batch", help="Rows per micro-batch."),
+    seq: int = typer.Option(2048, "--seq", help="Tokens per row."),
+    checkpointing: bool = typer.Option(True, "--checkpointing/--no-checkpointing", help="Plan activations with per-layer gradient checkpointing."),
+    trainable_per_layer: int | None = typer.Option(None, "--trainable-per-layer", help="Experts trained per MoE layer (default: a tenth of them, ESFT-typical)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plans as JSON."),
+) -> None:
+    """Exact device bytes a miner must hold, by kind, and the smallest common card that fits (meta device)."""
+    import json
+
+    from moeforge.errors import ModelError
+    from moeforge.extract.plan import PLAN_MODES, plan_device
+
+    cfg = _config(config)
+    plans, unavailable = [], {}
+    for m in PLAN_MODES if mode is None else (mode,):
+        try:
+            plans.append(plan_device(cfg, m, parts=parts, trainable_per_layer=trainable_per_layer, batch=batch, seq=seq,
+                                     checkpointing=checkpointing))
+        except ModelError as exc:
+            if mode is not None:
+                raise
+            unavailable[m] = str(exc)
+    if as_json:
+        typer.echo(json.dumps({"plans": [p.to_json() for p in plans], "unavailable": unavailable}, indent=2))
+        return
+    if mode is None:
+        _print_modes(plans, unavailable)
+    else:
+        _print_plan(plans[0])
+
+
 def _config(spec: str):
     from transformers import CONFIG_MAPPING, AutoConfig
 
@@ -92,3 +129,63 @@ def _print_size(s) -> None:  # a moeforge.model.sizing.ModelSize
     table.add_row("backbone (all but routed experts)", f"{s.backbone_params:,}", f"{s.backbone_bytes:,}")
     table.add_row(f"active per token (top-{s.top_k})", f"{s.active_params:,}", "")
     console.print(table)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def _card(gib: int | None) -> str:
+    return f"{gib} GB" if gib else "none"
+
+
+def _setting(p) -> str:  # a moeforge.extract.plan.DevicePlan
+    return (f"{p.model_type}, batch {p.batch} × seq {p.seq}, {'with' if p.checkpointing else 'without'} checkpointing, "
+            f"{p.trainable_per_layer} trained experts per MoE layer split in {p.parts} part(s): {p.part_experts} on this miner")
+
+
+def _print_modes(plans, unavailable: dict[str, str]) -> None:
+    table = Table(title=_setting(plans[0]), caption="GiB. backbone: all but routed experts; trained: the part's state; --mode M: bytes by kind", box=box.SIMPLE_HEAD)
+    table.add_column("mode", no_wrap=True)
+    for col in ("backbone", "experts", "trained", "activ.", "total", "× full", "fits"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for p in plans:
+        table.add_row(p.mode, _gib(p.non_expert), _gib(p.routed_experts), _gib(p.trainable_state), _gib(p.activations),
+                      _gib(p.total), f"{p.fraction_of_full:.3f}", _card(p.card_gib))
+    console.print(table)
+    for m, why in unavailable.items():
+        console.print(f"{m}: not available ({why})")
+    _print_notes(any(p.mode == "offload" for p in plans))
+
+
+def _print_plan(p) -> None:
+    table = Table(title=f"{p.mode}: {_setting(p)}")
+    for col in ("kind", "GiB", "bytes"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    routed = "routed experts: working set (worst routing, 2 layers)" if p.mode == "offload" else "routed experts (frozen, held)"
+    rows = [("embeddings and LM head", p.embeddings), ("attention", p.attention), ("dense-layer MLPs", p.dense_mlps),
+            ("shared experts", p.shared_experts), ("routers", p.routers), ("norms and buffers", p.norms_buffers),
+            (routed, p.routed_experts), ("trained experts: float32 master", p.master), ("their gradients (float32)", p.grads),
+            ("AdamW moments (float32)", p.optimizer),
+            (f"activations, {'with' if p.checkpointing else 'without'} checkpointing (estimate)", p.activations)]
+    for kind, n in rows:
+        table.add_row(kind, _gib(n), f"{n:,}")
+    table.add_row("total", _gib(p.total), f"{p.total:,}")
+    console.print(table)
+    other = p.activations_stored if p.checkpointing else p.activations_checkpointed
+    console.print(f"activations {'without' if p.checkpointing else 'with'} checkpointing would be {_gib(other)} GiB")
+    if p.kept_per_layer is not None:
+        console.print(f"subset: {p.kept_per_layer} experts held per MoE layer (with the trained ones)")
+    if p.host_experts:
+        console.print(f"host memory holds the routed experts: {_gib(p.host_experts)} GiB")
+    console.print(f"{p.fraction_of_full:.3f} of an unpartitioned full-mode miner ({_gib(p.full_total)} GiB); "
+                  f"fits: {_card(p.card_gib)}")
+    _print_notes(p.mode == "offload")
+
+
+def _print_notes(offload: bool) -> None:
+    if offload:
+        console.print("offload: planned; the offload mode itself is not built yet")
+    console.print("Weights are exact counts of the model built on the meta device; activations are an estimate "
+                  "(moeforge.extract.plan.activation_bytes); a card fits at most its capacity in GiB, "
+                  "the CUDA context not counted.", style="dim")
