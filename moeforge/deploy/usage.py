@@ -31,7 +31,10 @@ def genesis(model: str, period: str) -> str:
 
 
 class Ledger:
-    """Appends signed usage records; `mapping`: (layer, served expert id) → (original expert id, library entry or None)."""
+    """Appends signed usage records; `mapping`: (layer, served expert id) → (original expert id, library entry or None).
+
+    One Ledger (one server process) writes a folder: it reads a day's file once, when the day opens, then keeps the
+    chain's tail in memory (re-reading the file per request would make a busy day quadratic)."""
 
     def __init__(self, folder: Path, key: Path, *, model: str, mapping: dict[tuple[int, int], tuple[int, str | None]]):
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -43,6 +46,7 @@ class Ledger:
         except (OSError, ValueError, TypeError) as exc:
             raise DataError(f"{key}: not a readable EC private key for signing the usage ledger ({exc}).") from None
         self._lock = threading.Lock()
+        self._tail: tuple[str, dict | None] | None = None  # (period, its last record): the file is read once a period
 
     def record(self, request_id: str, *, kind: str, prompt_tokens: int, completion_tokens: int, experts: Counter,
                finish_reason: str) -> dict:
@@ -58,7 +62,9 @@ class Ledger:
             entries[entry or "base"] += n
         with self._lock:
             path = self.folder / f"{PREFIX}{period}.jsonl"
-            last = _last(path)
+            if self._tail is None or self._tail[0] != period:
+                self._tail = (period, _last(path))
+            last = self._tail[1]
             record = {
                 "version": 1, "period": period, "seq": 0 if last is None else last["seq"] + 1, "time": now.isoformat(timespec="milliseconds"),
                 "model": self.model, "request": request_id, "kind": kind, "finish_reason": finish_reason,
@@ -72,6 +78,7 @@ class Ledger:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            self._tail = (period, record)
         return record
 
 

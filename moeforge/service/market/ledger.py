@@ -112,7 +112,7 @@ def statements(session, period: str, payee: str | None = None) -> list[Statement
     """Payout statements for the period (a day YYYY-MM-DD or a month YYYY-MM), one per payee (or only `payee`)."""
     from sqlalchemy import select
 
-    from moeforge.service.market.schema import LedgerLineRow, UsageLineRow
+    from moeforge.service.market.schema import LedgerLineRow, UsageLineRow, UsageReportRow
 
     query = select(LedgerLineRow).where(LedgerLineRow.period.startswith(period), ~LedgerLineRow.account.startswith(CUSTOMER),
                                         LedgerLineRow.account != FEE_ACCOUNT)
@@ -122,7 +122,9 @@ def statements(session, period: str, payee: str | None = None) -> list[Statement
     for row in session.scalars(query.order_by(LedgerLineRow.id)):
         grouped[row.account][(row.period, row.kind, row.entry_id, row.origin_entry, row.source)] += row.amount_micros
     tokens = {}
-    for (report, entry, routed) in session.execute(select(UsageLineRow.report_id, UsageLineRow.entry_id, UsageLineRow.routed_tokens)):
+    reports = select(UsageReportRow.id).where(UsageReportRow.period.startswith(period))
+    for report, entry, routed in session.execute(select(UsageLineRow.report_id, UsageLineRow.entry_id, UsageLineRow.routed_tokens)
+                                                 .where(UsageLineRow.report_id.in_(reports))):
         tokens[(report, entry)] = routed
     out = []
     for account in sorted(grouped):
