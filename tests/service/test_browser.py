@@ -31,20 +31,10 @@ def artifacts(tmp_path):
 
 @pytest.fixture
 def page(running_centre):
-    executable = _chromium()
-    from playwright.sync_api import sync_playwright
+    from harness.browser import browser_page
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
+    with browser_page(_chromium()) as page:
+        yield page
 
 
 def test_the_web_ui_signs_in_uploads_launches_watches_a_job_and_downloads_its_export(running_centre, maths_file, page,

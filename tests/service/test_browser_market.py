@@ -119,19 +119,10 @@ def seeded(chromium, small_testbed, maths_file, tmp_path_factory):
 
 @pytest.fixture
 def page(chromium, seeded):
-    from playwright.sync_api import sync_playwright
+    from harness.browser import browser_page
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
+    with browser_page(chromium) as page:
+        yield page
 
 
 def _sign_in(page, key: str) -> None:
