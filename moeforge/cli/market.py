@@ -205,11 +205,42 @@ def grants(owner: Annotated[bool, typer.Option("--owner", help="Grants on your l
 
 
 @app.command()
-def usage(ledger: Annotated[Path, typer.Argument(help="A day's ledger file written by `moeforge serve` (usage-YYYY-MM-DD.jsonl).")],
+def usage(ledger: Annotated[Path, typer.Argument(help="A day's ledger file written by `moeforge serve` (usage-YYYY-MM-DD.jsonl), "
+                                                      "or its folder: every day in it (what a scheduled job hands in).")],
           public_key: Annotated[Path, typer.Option("--public-key", help="The server's ledger public key (usage.pub).")],
           server_name: Annotated[str, typer.Option("--server-name", help="A name for that server, when it is new.")] = "server",
           url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False) -> None:
-    """Hand in a usage ledger: registers the server's key the first time, then the Centre verifies and prices it."""
+    """Hand in usage ledgers: registers the server's key the first time, then the Centre verifies and prices each day's
+    new records (a day with nothing new is said and skipped)."""
+    if ledger.is_dir():
+        days = sorted(ledger.glob("usage-*.jsonl"))
+        if not days:
+            raise ConfigError(f"LEDGER {ledger}: a folder with no usage-YYYY-MM-DD.jsonl files.")
+    elif ledger.is_file():
+        days = [ledger]
+    else:
+        raise ConfigError(f"LEDGER {ledger}: no such file or folder.")
+    client = Client(url, key)
+    server = _server(client, public_key, server_name)
+    reports = []
+    for day in days:
+        file = client.upload(day, purpose="usage", option="LEDGER")
+        body = {"file": file["id"], "server": server["id"]}
+        response = client.send("POST", "/v1/market/usage", json=body)
+        if response.status_code == 409 and response.json().get("error", {}).get("code") == "usage_ledger_replayed":
+            if not as_json:
+                console.print(f"{day.name}: nothing new since the last time it was handed in", highlight=False)
+            continue
+        report = client.call("POST", "/v1/market/usage", json=body) if response.status_code >= 400 else response.json()
+        reports.append(report)
+        if not as_json:
+            _render_report(report)
+    if as_json:
+        print(json.dumps(reports, indent=2))
+
+
+def _server(client: Client, public_key: Path, name: str) -> dict:
+    """The registered server key of `public_key` (registered now if new)."""
     import hashlib
 
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
@@ -220,25 +251,20 @@ def usage(ledger: Annotated[Path, typer.Argument(help="A day's ledger file writt
         der = load_pem_public_key(public_key.read_bytes()).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     except ValueError as exc:
         raise ConfigError(f"--public-key {public_key}: not a PEM public key ({exc}).") from None
-    client = Client(url, key)
     fingerprint = hashlib.sha256(der).hexdigest()
     server = next((s for s in client.call("GET", "/v1/market/servers")["data"] if s["fingerprint"] == fingerprint), None)
-    if server is None:
-        server = client.call("POST", "/v1/market/servers", json={"name": server_name, "public_key": public_key.read_text()})
-    file = client.upload(ledger, purpose="usage", option="LEDGER")
-    report = client.call("POST", "/v1/market/usage", json={"file": file["id"], "server": server["id"]})
+    return server or client.call("POST", "/v1/market/servers", json={"name": name, "public_key": public_key.read_text()})
 
-    def render(r):
-        console.print(f"usage report {r['id']}: {r['model']} on {r['period']}, records {r['records'][0]}–{r['records'][1]}, "
-                      f"{r['requests']:,} requests, {r['tokens']:,} tokens; charged {units(r['charged_micros'])}", highlight=False)
-        for line in r["lines"]:
-            console.print(f"  {line['entry'][:12]}… {line['status']}: {line['routed_tokens']:,.1f} routed tokens, "
-                          f"{units(line['charged_micros'])}", highlight=False)
-        if r["flagged"]:
-            console.print(f"[yellow]{len(r['flagged'])} entr{'y' if len(r['flagged']) == 1 else 'ies'} flagged (unlicensed or "
-                          "unknown): recorded, not paid out[/yellow]")
 
-    _print(report, as_json, render)
+def _render_report(r: dict) -> None:
+    console.print(f"usage report {r['id']}: {r['model']} on {r['period']}, records {r['records'][0]}–{r['records'][1]}, "
+                  f"{r['requests']:,} requests, {r['tokens']:,} tokens; charged {units(r['charged_micros'])}", highlight=False)
+    for line in r["lines"]:
+        console.print(f"  {line['entry'][:12]}… {line['status']}: {line['routed_tokens']:,.1f} routed tokens, "
+                      f"{units(line['charged_micros'])}", highlight=False)
+    if r["flagged"]:
+        console.print(f"[yellow]{len(r['flagged'])} entr{'y' if len(r['flagged']) == 1 else 'ies'} flagged (unlicensed or "
+                      "unknown): recorded, not paid out[/yellow]")
 
 
 @app.command()

@@ -54,7 +54,12 @@ def test_a_seller_lists_a_buyer_finds_requests_and_pays_through_usage_and_the_se
     ledger, _ = write_ledger(tmp_path / "ledger", key, [e[5]], requests=20, seed=3, model="ward")
     used = run(url, m, "bob", "usage", str(ledger), "--public-key", str(key.with_suffix(".pub")), "--json")
     assert used.exit_code == 0, used.output
-    report = json.loads(used.output)
+    [report] = json.loads(used.output)
+    again = run(url, m, "bob", "usage", str(ledger.parent), "--public-key", str(key.with_suffix(".pub")))
+    assert again.exit_code == 0 and "nothing new" in again.output, again.output  # a scheduled hand-in of the folder
+    write_ledger(tmp_path / "ledger", key, [e[5]], requests=2, seed=4, model="ward")
+    later = run(url, m, "bob", "usage", str(ledger.parent), "--public-key", str(key.with_suffix(".pub")), "--json")
+    assert [r["records"] for r in json.loads(later.output)] == [[20, 21]], later.output
     assert report["lines"][0]["status"] == "priced" and report["charged_micros"] > 0
     statement = tmp_path / "statement.csv"
     earned = run(url, m, "alice", "earnings", "--statement", str(statement), "--json")
@@ -74,7 +79,8 @@ def test_bad_input_is_one_red_line_and_a_non_zero_exit(url, market, tmp_path):
                          (("show", "lst-nope"), "no listing"),
                          (("list", m.entries[0], "--title", "x", "--licence-file", str(tmp_path / "none.txt"),
                            "--licence-name", "LicenseRef-x"), "no such file"),
-                         (("usage", str(tmp_path / "none.jsonl"), "--public-key", str(tmp_path / "none.pub")), "--public-key"),
+                         (("usage", str(tmp_path / "none.jsonl"), "--public-key", str(tmp_path / "none.pub")), "LEDGER"),
+                         (("usage", str(tmp_path), "--public-key", str(tmp_path / "none.pub")), "no usage-"),
                          (("earnings", "--statement", str(tmp_path / "s.txt")), ".csv")]:
         result = run(url, m, "bob", *args)
         assert result.exit_code != 0 and needle in result.output, (args, result.output)
