@@ -361,6 +361,24 @@ def _terms(row) -> str:
                  ).model_dump_json()
 
 
+def _new_grant(session, listing, tenant_id: str, note: str, *, active: bool):
+    """A grant on the listing's current terms: active (decided now) or pending the owner's decision."""
+    from moeforge.service.market.schema import GrantRow
+
+    when = now()
+    grant = GrantRow(id=new_id("grant"), listing_id=listing.id, entry_id=listing.entry_id, tenant_id=tenant_id,
+                     status="active" if active else "pending", terms=_terms(listing), note=note, created_at=when,
+                     decided_at=when if active else None)
+    session.add(grant)
+    session.flush()
+    return grant
+
+
+def _activate(grant, listing) -> None:
+    """A pending grant approved: on the listing's terms as they are now."""
+    grant.status, grant.decided_at, grant.terms = "active", now(), _terms(listing)
+
+
 def _open_grant(session, listing_id: str, tenant_id: str):
     from sqlalchemy import select
 
@@ -373,8 +391,6 @@ def _open_grant(session, listing_id: str, tenant_id: str):
 @router.post("/listings/{listing_id}/access")
 def request_access(listing_id: str, body: AccessRequest, request: Request, caller: Caller = Depends(requires("write"))):
     """Ask for a grant: given at once on a public listing (on its current terms), pending the owner's approval if gated."""
-    from moeforge.service.market.schema import GrantRow
-
     with db(request).session() as s:
         row = visible_listing(s, caller, listing_id)
         if row.owner_tenant == caller.tenant_id:
@@ -384,12 +400,7 @@ def request_access(listing_id: str, body: AccessRequest, request: Request, calle
         if row.visibility == "gated" and not body.note.strip():
             raise APIError(400, "this listing is gated: say in `note` what you will use it for (its owner decides)",
                            param="note", code="note_needed")
-        when = now()
-        grant = GrantRow(id=new_id("grant"), listing_id=row.id, entry_id=row.entry_id, tenant_id=caller.tenant_id,
-                         status="active" if row.visibility == "public" else "pending", terms=_terms(row), note=body.note,
-                         created_at=when, decided_at=when if row.visibility == "public" else None)
-        s.add(grant)
-        s.flush()
+        grant = _new_grant(s, row, caller.tenant_id, body.note, active=row.visibility == "public")
         out = grant_shape(s, grant)
     audit(db(request), caller, "POST /v1/market/listings/access", grant.id)
     return out
@@ -400,7 +411,6 @@ def grant_directly(listing_id: str, body: DirectGrant, request: Request, caller:
     """The owner grants a tenant access (by name) on the listing's current terms."""
     from sqlalchemy import select
 
-    from moeforge.service.market.schema import GrantRow
     from moeforge.service.schema import TenantRow
 
     with db(request).session() as s:
@@ -412,13 +422,9 @@ def grant_directly(listing_id: str, body: DirectGrant, request: Request, caller:
             raise APIError(400, "an owner needs no grant", param="tenant", code="own_listing")
         grant = _open_grant(s, row.id, tenant.id)
         if grant is None:
-            when = now()
-            grant = GrantRow(id=new_id("grant"), listing_id=row.id, entry_id=row.entry_id, tenant_id=tenant.id, status="active",
-                             terms=_terms(row), note=body.note, created_at=when, decided_at=when)
-            s.add(grant)
+            grant = _new_grant(s, row, tenant.id, body.note, active=True)
         elif grant.status == "pending":
-            grant.status, grant.decided_at, grant.terms = "active", now(), _terms(row)
-        s.flush()
+            _activate(grant, row)
         out = grant_shape(s, grant)
     audit(db(request), caller, "POST /v1/market/listings/grants", out["id"])
     return out
@@ -463,7 +469,7 @@ def _decide(request: Request, caller: Caller, grant_id: str, action: str) -> dic
             raise APIError(409, f"grant {grant_id} is {grant.status}; only a {' or '.join(allowed)} grant can be "
                            f"{ {'approve': 'approved', 'reject': 'rejected', 'revoke': 'revoked'}[action]}", param="grant_id", code="grant_state")
         if action == "approve":
-            grant.status, grant.decided_at, grant.terms = "active", now(), _terms(listing)
+            _activate(grant, listing)
         elif action == "reject":
             grant.status, grant.decided_at = "rejected", now()
         else:
