@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from args import parse_args
 from base import testbed_base
 from provenance import Run
 
@@ -69,11 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", default="1,4,16", help="concurrent streaming clients, comma-separated")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens each client asks for")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--quick", action="store_true", help=f"a tiny configuration for a smoke run: {QUICK}")
-    args = parser.parse_args(argv)
-    if args.quick:
-        for name, value in QUICK.items():
-            setattr(args, name, value)
+    args = parse_args(parser, argv, QUICK)
     import torch
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

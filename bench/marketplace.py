@@ -48,6 +48,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from args import parse_args
 from base import testbed_base
 from provenance import Run
 
@@ -102,11 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--trees", type=int, default=1000, help="random lineage DAGs split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK}")
-    args = parser.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    args = parse_args(parser, argv, QUICK)
     load_before = os.getloadavg()
 
     base = testbed_base("small", args.testbed)

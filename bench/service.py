@@ -41,6 +41,7 @@ import httpx
 import numpy as np
 import psutil
 
+from args import parse_args
 from base import testbed_base
 from provenance import Run
 
@@ -76,11 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--validators", type=int, default=1)
     parser.add_argument("--job-wait", type=float, default=600.0, help="seconds to wait for the first job to be running")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK}")
-    args = parser.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    args = parse_args(parser, argv, QUICK)
     levels = sorted({int(n) for n in args.clients.split(",") if n.strip()})
     load_before = os.getloadavg()
 
