@@ -77,15 +77,20 @@ def create_tenant(db: Database, name: str) -> tuple[str, str]:
 
 
 def tenant_id_of(db: Database, name: str) -> str:
+    with db.session() as s:
+        tenant = tenant_named(s, name)
+    if tenant is None:
+        raise ConfigError(f"no tenant named {name!r}; `moeforge service tenant ls` lists them.")
+    return tenant
+
+
+def tenant_named(session, name: str) -> str | None:
+    """The id of the tenant called `name` (the subnet owner, say), or None."""
     from sqlalchemy import select
 
     from moeforge.service.schema import TenantRow
 
-    with db.session() as s:
-        row = s.scalar(select(TenantRow).where(TenantRow.name == name))
-    if row is None:
-        raise ConfigError(f"no tenant named {name!r}; `moeforge service tenant ls` lists them.")
-    return row.id
+    return session.scalar(select(TenantRow.id).where(TenantRow.name == name))
 
 
 def revoke_key(db: Database, key_id: str, tenant_id: str | None = None) -> bool:

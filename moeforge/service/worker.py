@@ -424,12 +424,11 @@ class Worker:
 
     def _charge_exports(self, session, row, grants: dict) -> None:
         """Mark each grant as exported under (its bundles keep their terms), and charge flat per-export prices."""
+        from moeforge.service.auth import tenant_named
         from moeforge.service.market.ledger import lineage_nodes, post_revenue
         from moeforge.service.market.schema import GrantRow
-        from moeforge.service.schema import TenantRow
 
-        subnet = session.query(TenantRow.id).filter(TenantRow.name == self.settings.subnet_owner).scalar()
-        node = lineage_nodes(session, subnet)
+        node = lineage_nodes(session, tenant_named(session, self.settings.subnet_owner))
         for entry, grant in sorted(grants.items()):
             if grant is None:
                 continue

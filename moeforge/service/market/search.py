@@ -103,7 +103,7 @@ class RoutingMatcher:
         self.library = library
         self._lock = threading.Lock()
         self._entry: dict[tuple[str, str], object] = {}  # (entry, background digest) → log-ratio vector or None
-        self._samples: dict[tuple[str, str], object] = {}  # (file sha256, base fingerprint) → RoutingProfile
+        self._samples: dict[tuple[str, str], object] = {}  # (file sha256, base name) → (RoutingProfile, background)
 
     def similarity(self, sample, background, background_digest: str, entry_ids: list[str]) -> dict[str, float]:
         from moeforge.library.match import cosine, log_ratio
@@ -125,8 +125,9 @@ class RoutingMatcher:
                 out[entry] = cosine(target, cached)
         return out
 
-    def sample_profile(self, file_sha256: str, fingerprint: str, compute):
-        key = (file_sha256, fingerprint)
+    def sample_profile(self, file_sha256: str, base: str, compute):
+        """compute()'s (sample profile, background) for this file on this base, computed once."""
+        key = (file_sha256, base)
         with self._lock:
             if key in self._samples:
                 return self._samples[key]

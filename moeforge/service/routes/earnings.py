@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from moeforge.service.auth import Caller, check_name, requires
+from moeforge.service.auth import Caller, check_name, requires, tenant_named
 from moeforge.service.db import new_id, now, stamp
 from moeforge.service.errors import APIError, not_found
 from moeforge.service.routes.common import audit, check_limit, db
@@ -107,7 +107,7 @@ def report_usage(body: UsageCreate, request: Request, caller: Caller = Depends(r
         raise APIError(400, f"{f.filename}: not UTF-8 text", param="file", code="usage_ledger_invalid") from None
     with db(request).session() as s:
         row = ingest(s, request.app.state.library, tenant_id=caller.tenant_id, server=server, name=f.filename, text=text,
-                     file_sha256=f.sha256, subnet_owner=_subnet_owner_id(s, settings))
+                     file_sha256=f.sha256, subnet_owner=tenant_named(s, settings.subnet_owner))
         s.flush()
         out = report_shape(s, row)
     audit(db(request), caller, "POST /v1/market/usage", row.id)
@@ -128,14 +128,6 @@ def list_usage(request: Request, limit: int = 100, caller: Caller = Depends(requ
         return {"object": "list", "data": [report_shape(s, r) for r in rows[:limit]], "has_more": len(rows) > limit}
 
 
-def _subnet_owner_id(session, settings) -> str | None:
-    from sqlalchemy import select
-
-    from moeforge.service.schema import TenantRow
-
-    return session.scalar(select(TenantRow.id).where(TenantRow.name == settings.subnet_owner))
-
-
 def _period(period: str | None) -> str:
     if period is None:
         return now().strftime("%Y-%m")
@@ -146,7 +138,7 @@ def _period(period: str | None) -> str:
 
 def _payee(session, request: Request, caller: Caller, payee: str | None) -> str | None:
     """The account whose statements the caller may read: its own; any (None: all) for the subnet owner's admin keys."""
-    operator = _subnet_owner_id(session, request.app.state.settings) == caller.tenant_id and "admin" in caller.scopes
+    operator = tenant_named(session, request.app.state.settings.subnet_owner) == caller.tenant_id and "admin" in caller.scopes
     if payee is None:
         return None if operator else f"tenant:{caller.tenant_id}"
     if payee != f"tenant:{caller.tenant_id}" and not operator:

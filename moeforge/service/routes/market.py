@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from moeforge.service.auth import Caller, requires
+from moeforge.service.auth import Caller, requires, tenant_named
 from moeforge.service.db import loads, new_id, now, stamp
 from moeforge.service.errors import APIError, not_found
 from moeforge.service.market.search import SAMPLE_TOKENS, SORTS, Filters, find, order
@@ -250,12 +250,13 @@ async def heatmap(listing_id: str, request: Request, caller: Caller = Depends(re
 # --- listing ---------------------------------------------------------------------------------------------------------
 
 
-def _owner_of(session, request: Request, caller: Caller, entry_id: str) -> str:
-    """The tenant that may list `entry_id`, which must be the caller: 404 for another tenant's entry, 403 for a shared one."""
+def _check_may_list(session, request: Request, caller: Caller, entry_id: str) -> None:
+    """The caller owns `entry_id` (or is the subnet owner, for a shared one): else 404 for another tenant's entry, 403
+    for a shared one."""
     from sqlalchemy import select
 
     from moeforge.errors import ArtifactNotFound
-    from moeforge.service.schema import EntryOwnerRow, TenantRow
+    from moeforge.service.schema import EntryOwnerRow
 
     owners = set(session.scalars(select(EntryOwnerRow.tenant_id).where(EntryOwnerRow.entry_id == entry_id)))
     try:
@@ -268,11 +269,9 @@ def _owner_of(session, request: Request, caller: Caller, entry_id: str) -> str:
         raise APIError(400, f"model {entry_id} is retired ({summary.retired_reason}); a retired entry is not listed",
                        param="model", code="model_retired")
     if not owners:
-        subnet = session.scalar(select(TenantRow.id).where(TenantRow.name == request.app.state.settings.subnet_owner))
-        if subnet != caller.tenant_id:
+        if tenant_named(session, request.app.state.settings.subnet_owner) != caller.tenant_id:
             raise APIError(403, f"model {entry_id} belongs to the shared library: only the subnet owner "
                            f"({request.app.state.settings.subnet_owner!r}) lists it", param="model", code="not_entry_owner")
-    return caller.tenant_id
 
 
 @router.post("/listings")
@@ -284,7 +283,7 @@ def create_listing(body: ListingCreate, request: Request, caller: Caller = Depen
 
     library = request.app.state.library
     with db(request).session() as s:
-        owner = _owner_of(s, request, caller, body.model)
+        _check_may_list(s, request, caller, body.model)
         existing = s.scalar(select(ListingRow.id).where(ListingRow.entry_id == body.model))
         if existing is not None:
             raise APIError(409, f"model {body.model} is listed already ({existing}); change that listing with PATCH",
@@ -299,7 +298,7 @@ def create_listing(body: ListingCreate, request: Request, caller: Caller = Depen
         m = manifest.metrics
         ppl = (m.general_ppl_after / m.general_ppl_before - 1) if m.general_ppl_before and m.general_ppl_after else None
         when = now()
-        row = ListingRow(id=new_id("lst"), entry_id=body.model, owner_tenant=owner, title=body.title,
+        row = ListingRow(id=new_id("lst"), entry_id=body.model, owner_tenant=caller.tenant_id, title=body.title,
                          description=body.description, tags=json.dumps(body.tags), licence=licence.model_dump_json(),
                          licence_id=licence.id, price_kind=body.price.kind, price_micros=body.price.micros,
                          visibility=body.visibility, domain=manifest.domain, base_model=manifest.base_model,
