@@ -74,8 +74,8 @@ def ls(mine: Annotated[bool, typer.Option("--mine", help="Only your own listings
 @app.command()
 def search(
     query: Annotated[str | None, typer.Argument(help="Words to find in titles, tags, domains and descriptions.")] = None,
-    domain: Annotated[str | None, typer.Option("--domain")] = None,
-    base_model: Annotated[str | None, typer.Option("--base-model")] = None,
+    domain: Annotated[str | None, typer.Option("--domain", help="Only this domain (e.g. math).")] = None,
+    base_model: Annotated[str | None, typer.Option("--base-model", help="Only experts for this base model.")] = None,
     licence: Annotated[str | None, typer.Option("--licence", help="An SPDX id or LicenseRef- name.")] = None,
     price: Annotated[str | None, typer.Option("--price", help="free, per_mtok or per_export.")] = None,
     max_price: Annotated[str | None, typer.Option("--max-price", help="At most this many units.")] = None,
@@ -121,9 +121,10 @@ def _render_detail(x: dict) -> None:
 
 @app.command("list")
 def list_entry(
-    model: Annotated[str, typer.Argument(help="The library entry (model id) to list: one your jobs made.")],
-    title: Annotated[str, typer.Option("--title")],
-    description: Annotated[str, typer.Option("--description")] = "",
+    model: Annotated[str, typer.Argument(help="The library entry (model id) to list: one your jobs made (a job's "
+                                              "fine_tuned_model, see `moeforge jobs show`).")],
+    title: Annotated[str, typer.Option("--title", help="What buyers see first.")],
+    description: Annotated[str, typer.Option("--description", help="What the experts are for and how they were made.")] = "",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="A domain tag (repeatable).")] = None,
     licence: Annotated[str | None, typer.Option("--licence", help="An SPDX id \\[default: the entry's own].")] = None,
     licence_file: Annotated[Path | None, typer.Option("--licence-file", help="Or your own licence's text (with --licence-name).")] = None,
