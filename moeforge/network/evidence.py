@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import torch
 
 from moeforge.data.packing import Packed
+from moeforge.model.loss import row_losses
 from moeforge.model.slices import ExpertSlice, linear_combination
-from moeforge.network.scoring import Batch, applied, batch_losses
-from moeforge.network.shards import miner_shard, rows_to_batches
+from moeforge.network.scoring import Batch, applied
+from moeforge.network.shards import miner_shard
 from moeforge.network.significance import greater_p
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,11 @@ def shard_evidence(
 
 def _row_losses(model, reference: ExpertSlice, delta: ExpertSlice, ids: torch.Tensor, labels: torch.Tensor,
                 batch_size: int) -> torch.Tensor:
-    """Per-token loss of each row (NaN for a row with nothing to predict) with reference + delta held."""
+    """Per-token loss of each row (NaN for a row with nothing to predict) with reference + delta held.
+
+    Rows straight through `row_losses`: a batch of rows that are all padding is NaNs here, which the caller drops,
+    where `batch_losses` (an eval's guard) refuses it."""
+    device = next(model.parameters()).device
     with applied(model, reference, delta):
-        got = batch_losses(model, rows_to_batches(ids, labels, range(ids.shape[0]), batch_size),
-                           batch_size=batch_size, stop_at_non_finite=False)
-    return got.row_sums / got.row_tokens.double()
+        sums, counts = row_losses(model, ids.to(device), labels.to(device), batch_size)
+    return sums / counts.double()

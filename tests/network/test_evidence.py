@@ -103,3 +103,14 @@ def test_a_level_of_one_records_the_evidence_without_requiring_it():
     weak = Evidence(statistic=-0.1, p_value=0.99, peer="x", own_rows=4, control_rows=4)
     assert weak.significant(1.0) and not weak.significant(0.999)
     assert not Evidence(0.1, math.nan, "x", 4, 0).significant(0.5)
+
+
+def test_control_rows_with_nothing_to_predict_are_dropped_not_an_error(round_one):
+    """A batch of control rows that are all padding (labels -100 throughout) leaves those rows out of the evidence."""
+    model, current, deltas, evidence, (train, control) = round_one
+    padded = torch.cat([control, control[:8]])
+    labels = torch.cat([control.clone(), torch.full_like(control[:8], -100)])  # the last batch of 8 has no labels
+    got = shard_evidence(model, current, deltas, [["5A", "5C"], ["5B"], ["5F"]], _packed(train), (padded, labels), job=JOB,
+                         round=1, batch_size=8)
+    assert got["5A"].control_rows == evidence["5A"].control_rows == control.shape[0]
+    assert got["5A"].statistic == evidence["5A"].statistic
