@@ -14,7 +14,7 @@ from moeforge.cli import settings
 from moeforge.data.corpora import DOMAINS
 from moeforge.errors import ConfigError
 
-MODES = ("full", "quantized", "subset")  # extract.package.MODES, without importing torch for --help
+MODES = ("full", "quantized", "subset", "offload")  # extract.package.MODES, without importing torch for --help
 
 WalletOpt = Annotated[str, typer.Option("--wallet", help="The role's wallet, as NAME or NAME/HOTKEY (btcli's files).")]
 WalletPathOpt = Annotated[Path, typer.Option("--wallet-path", help="Wallets folder (btcli's default).")]

@@ -54,8 +54,8 @@ def size(
 @app.command("plan")
 def plan(
     config: str = typer.Argument(..., help=f"A shipped config ({', '.join(SHIPPED_CONFIGS)}), a config.json, or a checkpoint directory."),
-    mode: str | None = typer.Option(None, "--mode", help="full, quantized, subset or offload (planned); default: one row per mode."),
-    parts: int = typer.Option(1, "--parts", help="Miners the selected experts are split between; the plan is for the largest part."),
+    mode: str | None = typer.Option(None, "--mode", help="full, quantized, subset or offload; default: one row per mode."),
+    parts: int = typer.Option(1, "--parts", "--part", help="Miners the selected experts are split between; the plan is for the largest part."),
     batch: int = typer.Option(1, "--batch", help="Rows per micro-batch."),
     seq: int = typer.Option(2048, "--seq", help="Tokens per row."),
     checkpointing: bool = typer.Option(True, "--checkpointing/--no-checkpointing", help="Plan activations with per-layer gradient checkpointing."),
@@ -66,11 +66,12 @@ def plan(
     import json
 
     from moeforge.errors import ModelError
-    from moeforge.extract.plan import PLAN_MODES, plan_device
+    from moeforge.extract.package import MODES
+    from moeforge.extract.plan import plan_device
 
     cfg = _config(config)
     plans, unavailable = [], {}
-    for m in PLAN_MODES if mode is None else (mode,):
+    for m in MODES if mode is None else (mode,):
         try:
             plans.append(plan_device(cfg, m, parts=parts, trainable_per_layer=trainable_per_layer, batch=batch, seq=seq,
                                      checkpointing=checkpointing))
@@ -155,7 +156,7 @@ def _print_modes(plans, unavailable: dict[str, str]) -> None:
     console.print(table)
     for m, why in unavailable.items():
         console.print(f"{m}: not available ({why})")
-    _print_notes(any(p.mode == "offload" for p in plans))
+    _print_notes()
 
 
 def _print_plan(p) -> None:
@@ -180,12 +181,10 @@ def _print_plan(p) -> None:
         console.print(f"host memory holds the routed experts: {_gib(p.host_experts)} GiB")
     console.print(f"{p.fraction_of_full:.3f} of an unpartitioned full-mode miner ({_gib(p.full_total)} GiB); "
                   f"fits: {_card(p.card_gib)}")
-    _print_notes(p.mode == "offload")
+    _print_notes()
 
 
-def _print_notes(offload: bool) -> None:
-    if offload:
-        console.print("offload: planned; the offload mode itself is not built yet")
+def _print_notes() -> None:
     console.print("Weights are exact counts of the model built on the meta device; activations are an estimate "
                   "(moeforge.extract.plan.activation_bytes); a card fits at most its capacity in GiB, "
                   "the CUDA context not counted.", style="dim")

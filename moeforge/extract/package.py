@@ -1,10 +1,12 @@
-"""Miner packages in three memory modes, and exactly how many bytes each one holds.
+"""Miner packages in four memory modes, and exactly how many bytes each one holds.
 
 - `full`: the frozen model plus the trainable slice; trains exactly what is deployed.
 - `quantized`: frozen routed experts in int8 (one float32 scale per row), the trainable experts
   in full precision.
 - `subset`: the backbone plus only the experts covering a share of the domain's routing mass
   (and the trainable ones); routing restricted to them with the full softmax denominator.
+- `offload`: every routed expert in host memory, only the routed ones brought to the device per
+  layer and micro-batch (`offload.py`); trains exactly what is deployed, like `full`.
 
 Bytes held are counted tensor by tensor over what the miner's process holds: the model's
 parameters and buffers plus its own float32 copy of the trainable slice (the trainer's master
@@ -20,12 +22,13 @@ from transformers import AutoModelForCausalLM
 
 from moeforge.errors import ConfigError
 from moeforge.extract.modules import quantize_experts
+from moeforge.extract.offload import offload_experts
 from moeforge.extract.subset import restrict_to_subset
 from moeforge.model.experts import ExpertSlot
 from moeforge.model.families import moe_layers
 
-MinerMode = Literal["full", "quantized", "subset"]
-MODES: tuple[MinerMode, ...] = ("full", "quantized", "subset")
+MinerMode = Literal["full", "quantized", "subset", "offload"]
+MODES: tuple[MinerMode, ...] = ("full", "quantized", "subset", "offload")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ def reduce_for_mode(model, mode: MinerMode, trainable: list[ExpertSlot], kept: d
         if kept is None:
             raise ConfigError("subset mode needs the experts to keep per layer (a coverage selection).")
         restrict_to_subset(model, {l: sorted(set(kept.get(l, [])) | set(by_layer.get(l, []))) for l in kept})
+    elif mode == "offload":
+        offload_experts(model)
 
 
 def held_bytes(model) -> int:

@@ -6,10 +6,10 @@ Weights are therefore exact counts; trainable state is exact arithmetic on the e
 activations are an *estimate* from the formula in `activation_bytes`. DESIGN.md "Miners' memory".
 
 - full / quantized / subset: the modes `package.py` builds.
-- offload (planned; the offload mode itself is not built yet): frozen routed experts stay in
-  host memory, and the device holds the working set of the worst routing: the distinct experts
-  one micro-batch can route to in one layer, min(E, batch × seq × top_k), for the layer running
-  and the next one being prefetched.
+- offload (`offload.py`): frozen routed experts stay in host memory, and the device holds the
+  working set of the worst routing: the distinct experts one micro-batch can route to in one
+  layer, min(E, batch × seq × top_k), counted for two layers (the one whose working set is in
+  use and the next one's arriving, in the forward pass or fetched again in the backward pass).
 
 `parts` splits the selected slots (trainable_per_layer × MoE layers) into balanced parts, one
 per miner; a plan is for the largest part, ceil(slots / parts). Per trained parameter the miner
@@ -29,25 +29,22 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from moeforge.errors import ConfigError
-from moeforge.extract.package import MODES, held_bytes, reduce_for_mode
+from moeforge.extract.package import MODES, MinerMode, held_bytes, reduce_for_mode
 from moeforge.model.experts import ExpertSlot
 from moeforge.model.families import family_of, moe_layers
 from moeforge.model.sizing import size_of_model
 
-PlanMode = Literal["full", "quantized", "subset", "offload"]
-PLAN_MODES: tuple[PlanMode, ...] = (*MODES, "offload")
 CARDS_GIB = (16, 24, 48, 80)  # common accelerator memories
 ESFT_SHARE = 0.1  # default trainable share of a layer's experts: the middle of ESFT's 5–15% (DESIGN.md "ESFT, exactly")
 COVERAGE_SHARE = 0.5  # default subset: half the experts per layer (at least top_k), as a job's plan sizes it
-PREFETCH_LAYERS = 2  # offload: the layer running and the next one arriving
+WORKING_LAYERS = 2  # offload: the working set in use and the next one arriving
 GIB = 2**30
-OFFLOAD_NOTE = "planned; the offload mode itself is not built yet"
 
 
 @dataclass(frozen=True)
 class DevicePlan:
     model_type: str
-    mode: PlanMode
+    mode: MinerMode
     parts: int
     trainable_per_layer: int
     part_experts: int  # routed experts this miner trains: the largest of `parts` balanced parts
@@ -103,16 +100,12 @@ class DevicePlan:
         """The smallest common card (GiB) the total fits on, or None if none does."""
         return next((gib for gib in CARDS_GIB if self.total <= gib * GIB), None)
 
-    @property
-    def note(self) -> str:
-        return OFFLOAD_NOTE if self.mode == "offload" else "built"
-
     def to_json(self) -> dict:
-        derived = ("non_expert", "weights", "trainable_state", "activations", "total", "fraction_of_full", "card_gib", "note")
+        derived = ("non_expert", "weights", "trainable_state", "activations", "total", "fraction_of_full", "card_gib")
         return {**asdict(self), **{name: getattr(self, name) for name in derived}}
 
 
-def plan_device(config, mode: PlanMode, *, parts: int = 1, trainable_per_layer: int | None = None,
+def plan_device(config, mode: MinerMode, *, parts: int = 1, trainable_per_layer: int | None = None,
                 kept_per_layer: int | None = None, batch: int = 1, seq: int = 2048, checkpointing: bool = True,
                 dtype: torch.dtype = torch.bfloat16) -> DevicePlan:
     """The device plan of a miner of `mode` for `config`'s model, computed on the meta device.
@@ -121,8 +114,8 @@ def plan_device(config, mode: PlanMode, *, parts: int = 1, trainable_per_layer: 
     to COVERAGE_SHARE of them and at least top_k. A mode the family does not support (subset needs a
     softmax-then-top-k router, quantized a fused layout) raises ModelError, as building it would.
     """
-    if mode not in PLAN_MODES:
-        raise ConfigError(f"--mode {mode!r} is not a miner mode (modes: {', '.join(PLAN_MODES)}).")
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r} is not a miner mode (modes: {', '.join(MODES)}).")
     for flag, value in (("--parts", parts), ("--batch", batch), ("--seq", seq)):
         if value < 1:
             raise ConfigError(f"{flag} {value}: must be at least 1; pass {flag} 1 or more.")
@@ -154,7 +147,7 @@ def plan_device(config, mode: PlanMode, *, parts: int = 1, trainable_per_layer: 
     routed, host = kinds.pop("routed_experts"), 0
     if mode == "offload":
         distinct = min(n_experts, batch * seq * top_k)  # the worst routing: every slot a different expert
-        routed, host = min(PREFETCH_LAYERS, len(layers)) * distinct * size.bytes_per_expert, routed
+        routed, host = min(WORKING_LAYERS, len(layers)) * distinct * size.bytes_per_expert, routed
     state = 4 * size.params_per_expert
     full_total = full_weights + 16 * size.params_per_expert * len(slots) + (checkpointed if checkpointing else stored)
     return DevicePlan(
@@ -208,8 +201,8 @@ def activation_bytes(model, tokens: int, dtype: torch.dtype = torch.bfloat16) ->
         logits = T × V × (b + 4 + 4) (the logits, their float32 copy, the log-softmax kept by the loss).
     Without checkpointing every layer keeps its w_l: T × Σ_l layer_l + logits. With it, each layer
     keeps only its input, and one layer is recomputed at a time: T × L × H × b + T × max_l layer_l + logits.
-    Attention is fused (SDPA or flash): no seq × seq score matrix is kept. Checkpointing is a plan
-    too: the trainer does not turn it on yet.
+    Attention is fused (SDPA or flash): no seq × seq score matrix is kept. The trainer checkpoints
+    per decoder layer with `TrainConfig.activation_checkpointing`.
     """
     b = torch.empty((), dtype=dtype).element_size()
     config = model.config

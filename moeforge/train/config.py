@@ -31,6 +31,7 @@ class TrainConfig(BaseModel):
     seed: int = 0  # batch order (and dropout, if the model has any)
     bf16: Literal["auto", "on", "off"] = "auto"  # autocast to bfloat16; auto = on CUDA devices that support it
     checkpoint_every: int = Field(50, ge=0)  # steps between checkpoints when a run folder is given; 0 = never
+    activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass instead of keeping its activations
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainConfig":

@@ -115,8 +115,10 @@ def train(
         order = row_order(packed.input_ids.shape[0], steps * cfg.rows_per_step, cfg.seed)
         tokens = history[-1].tokens if history else 0
         seconds = prior_seconds
-        was_training = model.training
+        was_training, was_checkpointing = model.training, model.is_activation_checkpointing
         model.train()
+        if cfg.activation_checkpointing and not was_checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
         try:
             for step in range(done, steps):
                 started = time.perf_counter()
@@ -145,6 +147,8 @@ def train(
                     on_step(info)
         finally:
             model.train(was_training)
+            if cfg.activation_checkpointing and not was_checkpointing:
+                model.activation_checkpointing_disable()
             optimizer.zero_grad(set_to_none=True)
 
     result = TrainResult(

@@ -128,7 +128,8 @@ def attach_trainable(model, slots: list[ExpertSlot]) -> TrainableExperts:
 
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     base = {slot: read_expert(model, slot) for slot in slots}
-    weights = {slot: _as_parameters(w) for slot, w in base.items()}
+    device = model.get_input_embeddings().weight.device  # offloaded experts are read from host memory
+    weights = {slot: _as_parameters(w, device) for slot, w in base.items()}
     for p in model.parameters():
         p.requires_grad_(False)
     for index, (block, fused) in blocks.items():
@@ -156,7 +157,7 @@ def detach_trainable(model, trainable: TrainableExperts, *, merge: bool) -> None
         p.requires_grad_(trainable._requires_grad.get(name, p.requires_grad))
 
 
-def _as_parameters(w: ExpertWeights) -> ExpertWeights:
-    """Trainable copies; float32 masters for 16-bit weights, the weights' own dtype otherwise."""
+def _as_parameters(w: ExpertWeights, device: torch.device) -> ExpertWeights:
+    """Trainable copies on `device`; float32 masters for 16-bit weights, the weights' own dtype otherwise."""
     dtype = torch.float32 if w.gate.element_size() < 4 else w.gate.dtype
-    return ExpertWeights(*(nn.Parameter(t.to(dtype)) for t in (w.gate, w.up, w.down)))
+    return ExpertWeights(*(nn.Parameter(t.to(device, dtype)) for t in (w.gate, w.up, w.down)))

@@ -4,26 +4,27 @@ import pytest
 from typer.testing import CliRunner
 
 from moeforge.cli.main import app
-from moeforge.extract.plan import PLAN_MODES, plan_device
+from moeforge.extract.package import MODES
+from moeforge.extract.plan import plan_device
 from moeforge.model.shipped import shipped_config
 
 runner = CliRunner()
 
 
-def test_plan_of_one_mode_prints_its_exact_total_and_that_offload_is_planned():
-    result = runner.invoke(app, ["model", "plan", "deepseek-v2-lite", "--mode", "offload", "--parts", "4"])
+def test_plan_of_one_mode_prints_its_exact_total_and_host_bytes():
+    result = runner.invoke(app, ["model", "plan", "deepseek-v2-lite", "--mode", "offload", "--part", "4"])
     assert result.exit_code == 0, result.output
     plan = plan_device(shipped_config("deepseek-v2-lite"), "offload", parts=4)
     assert f"{plan.total:,}" in result.output
     assert f"{plan.routed_experts:,}" in result.output
-    assert "the offload mode itself is not built yet" in " ".join(result.output.split())
+    assert f"host memory holds the routed experts: {plan.host_experts / 2**30:.2f} GiB" in " ".join(result.output.split())
 
 
 def test_plan_without_a_mode_prints_one_row_per_mode():
     result = runner.invoke(app, ["model", "plan", "deepseek-v2-lite"])
     assert result.exit_code == 0, result.output
-    rows = [line.split()[0] for line in result.output.splitlines() if line.split() and line.split()[0] in PLAN_MODES]
-    assert rows == list(PLAN_MODES)
+    rows = [line.split()[0] for line in result.output.splitlines() if line.split() and line.split()[0] in MODES]
+    assert rows == list(MODES)
 
 
 def test_plan_json_holds_the_library_plans_and_names_unavailable_modes():

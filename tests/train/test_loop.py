@@ -236,3 +236,23 @@ def test_a_bf16_model_returns_to_base_and_its_delta_is_exact():
     assert not torch.equal(read_expert(model, slot).up, base.up)
     remove_delta(model, delta)
     assert model_fingerprint(model) == fingerprint
+
+
+def test_activation_checkpointing_trains_the_same_delta_and_is_switched_off_after():
+    plain, _ = train_experts(tiny_model("deepseek_v2"), SLOTS, _packed(), _cfg(), base_fingerprint="fp")
+    model = tiny_model("deepseek_v2")
+    recomputed, result = train_experts(model, SLOTS, _packed(), _cfg(activation_checkpointing=True), base_fingerprint="fp")
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), recomputed.state_dict().values(), strict=True))
+    assert not model.is_activation_checkpointing
+    assert result.peak_mem_bytes > 0
+
+
+def test_offload_mode_trains_the_same_delta_as_full_mode_bit_for_bit():
+    from moeforge.extract.package import reduce_for_mode
+
+    full, _ = train_experts(tiny_model("deepseek_v2"), SLOTS, _packed(), _cfg(), base_fingerprint="fp")
+    model = tiny_model("deepseek_v2")
+    reduce_for_mode(model, "offload", SLOTS)
+    offloaded, _ = train_experts(model, SLOTS, _packed(), _cfg(activation_checkpointing=True), base_fingerprint="fp")
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), offloaded.state_dict().values(), strict=True))
+    assert full.num_params() > 0 and any(t.abs().sum() > 0 for t in offloaded.state_dict().values())

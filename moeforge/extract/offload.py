@@ -1,0 +1,145 @@
+"""Offload mode: frozen routed experts stay in host memory; only the experts a batch routes to reach the device.
+
+DESIGN.md "Miners' memory". `OffloadedExperts` replaces a MoE layer's fused experts module. It
+keeps the layer's `gate_up_proj [E, 2I, H]` and `down_proj [E, H, I]` in host memory (pinned
+when CUDA is present) as plain attributes, so `model.to(device)` moves everything else and
+leaves them where they are. On each call:
+
+1. the distinct experts the router chose, `ids` (sorted), are copied to the device as one
+   working set `[U, 2I, H]` / `[U, H, I]`;
+2. the routing is renumbered onto the working set (`ids[j]` becomes `j`, order kept);
+3. the model class's own experts forward (eager loop, `grouped_mm`, ... as the config's
+   `_experts_implementation` says) runs on a shallow copy of the original module that holds the
+   working set as its weights.
+
+Routing is the full model's, untouched, and the renumbering keeps the experts' order, so every
+expert sees the same tokens in the same order as in the full model: on CPU the logits are the
+full model's bit for bit (the test asserts it). Autograd would keep every layer's working set
+alive until the backward pass; instead each saved view of a working set is packed as the ids it
+covers and fetched again from host memory when the backward pass needs it
+(`saved_tensors_hooks`), so the device holds about one layer's working set at a time. With
+gradient checkpointing the recomputed forward fetches its experts again in the same way.
+
+Where the routing is known one layer ahead it is not (the next router needs this layer's
+output), so the next layer's experts are not fetched speculatively: copies from pinned memory
+are issued non-blocking on the current stream, in order with the compute that needs them.
+"""
+
+import copy
+
+import torch
+from torch import nn
+
+from moeforge.errors import ModelError
+
+
+class OffloadedExperts(nn.Module):
+    """A fused experts module whose frozen weights live in host memory (see the module docstring)."""
+
+    def __init__(self, experts: nn.Module, *, pin: bool | None = None):
+        super().__init__()
+        pin = torch.cuda.is_available() if pin is None else pin
+        self.num_experts = experts.num_experts
+        self.act_fn = experts.act_fn
+        host = [experts.gate_up_proj.detach(), experts.down_proj.detach()]
+        if not host[0].is_meta:  # a meta model (a memory plan) stays on the meta device
+            host = [t.to("cpu") for t in host]
+            if pin:
+                host = [t.pin_memory() for t in host]
+        # plain attributes, not buffers: .to(device) and state_dict leave them alone
+        self.__dict__["_host"] = tuple(host)
+        template = copy.copy(experts)  # the class's forward and flags, without its weights
+        template.__dict__["_parameters"] = {}
+        self.__dict__["_template"] = template
+        self.fetched_bytes = 0  # expert weights brought to the device so far (forward and backward), for the record
+
+    @property
+    def gate_up_proj(self) -> torch.Tensor:
+        """All experts' `[E, 2I, H]` weights, in host memory (what `read_expert` indexes)."""
+        return self._host[0]
+
+    @property
+    def down_proj(self) -> torch.Tensor:
+        return self._host[1]
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        device = hidden_states.device
+        ids = torch.unique(top_k_index).cpu()  # sorted
+        if len(ids) and (int(ids[0]) < 0 or int(ids[-1]) >= self.num_experts):
+            raise ModelError(f"routed to expert {int(ids[-1]) if int(ids[-1]) >= self.num_experts else int(ids[0])}, "
+                             f"outside 0..{self.num_experts - 1}")
+        local = torch.full((self.num_experts,), -1, dtype=top_k_index.dtype)
+        local[ids] = torch.arange(len(ids), dtype=top_k_index.dtype)
+        working = self._template.__class__.__new__(self._template.__class__)
+        working.__dict__.update(self._template.__dict__)
+        working.__dict__["gate_up_proj"], working.__dict__["down_proj"] = self._fetch(ids, device)
+        working.__dict__["num_experts"] = len(ids)
+        buffers = {w.untyped_storage().data_ptr(): (i, ids) for i, w in
+                   enumerate((working.__dict__["gate_up_proj"], working.__dict__["down_proj"]))}
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: self._pack(t, buffers), self._unpack):
+            return working(hidden_states, local.to(device)[top_k_index], top_k_weights)
+
+    def _fetch(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The experts `ids` of both weights, on `device`."""
+        out = tuple(_gather(host, ids, device) for host in self._host)
+        self.fetched_bytes += sum(t.numel() * t.element_size() for t in out)
+        return out
+
+    def _pack(self, t: torch.Tensor, buffers: dict[int, tuple[int, torch.Tensor]]):
+        """A view of a working set → (which weight, the ids it covers, its geometry); anything else as is."""
+        found = buffers.get(t.untyped_storage().data_ptr()) if t.device.type != "meta" else None
+        if found is None:
+            return t
+        which, ids = found
+        per_expert = self._host[which][0].numel()
+        first, extent = divmod(t.storage_offset(), per_expert)[0], _extent(t)
+        last = (t.storage_offset() + extent - 1) // per_expert
+        offset = t.storage_offset() - first * per_expert
+        return _Refetch(which, ids[first:last + 1], tuple(t.shape), tuple(t.stride()), offset, t.device)
+
+    def _unpack(self, packed):
+        if not isinstance(packed, _Refetch):
+            return packed
+        base = _gather(self._host[packed.which], packed.ids, packed.device)
+        self.fetched_bytes += base.numel() * base.element_size()
+        return base.as_strided(packed.shape, packed.stride, packed.offset)
+
+
+class _Refetch:
+    """A saved working-set view, to fetch again from host memory in the backward pass."""
+
+    __slots__ = ("which", "ids", "shape", "stride", "offset", "device")
+
+    def __init__(self, which, ids, shape, stride, offset, device):
+        self.which, self.ids, self.shape, self.stride, self.offset, self.device = which, ids, shape, stride, offset, device
+
+
+def _gather(host: torch.Tensor, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """host[ids] on `device`: one contiguous block, copied expert by expert (non-blocking from pinned memory)."""
+    if device.type == "cpu":
+        return host.index_select(0, ids)
+    out = torch.empty((len(ids), *host.shape[1:]), dtype=host.dtype, device=device)
+    for j, e in enumerate(ids.tolist()):
+        out[j].copy_(host[e], non_blocking=host.is_pinned())
+    return out
+
+
+def _extent(t: torch.Tensor) -> int:
+    """Elements of storage a strided view spans, from its offset."""
+    if t.numel() == 0:
+        return 1
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+
+
+def offload_experts(model, *, pin: bool | None = None) -> None:
+    """Keep every MoE layer's routed experts in host memory, in place (fused-layout families)."""
+    from moeforge.model.families import family_of, moe_layers
+
+    family = family_of(model.config)
+    if family.layout != "fused":
+        raise ModelError(f"offload mode supports fused-layout families; {model.config.model_type} is {family.layout}.")
+    for layer in moe_layers(model):
+        block = getattr(model.model.layers[layer.index], family.block)
+        if isinstance(block.experts, OffloadedExperts):
+            continue
+        block.experts = OffloadedExperts(layer.experts, pin=pin)
