@@ -32,6 +32,9 @@ def run(
     wallet: WalletOpt,
     owner: OwnerOpt,
     mode: Annotated[str, typer.Option("--mode", help=f"Memory mode: {', '.join(MODES)}.")] = "full",
+    checkpointing: Annotated[bool, typer.Option("--checkpointing/--no-checkpointing",
+                                                help="Recompute each decoder layer in the backward pass (less "
+                                                     "activation memory, same delta).")] = False,
     wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH,
     run: RunOpt = None,
     store: StoreOpt = None,
@@ -57,5 +60,5 @@ def run(
     with training_bar(f"miner {keypair.ss58_address[:10]} ({mode})", console) as on_step:
         ctx = RoleContext(chain_, store_, keypair, run_dir=run or default_run("miner", keypair.ss58_address),
                           metrics_port=metrics_port, fault=fault, device=device)
-        miner = Miner(ctx, job=job, mode=mode, on_step=on_step)
+        miner = Miner(ctx, job=job, mode=mode, checkpointing=checkpointing, on_step=on_step)
         run_miner(miner)

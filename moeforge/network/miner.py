@@ -4,7 +4,7 @@ DESIGN.md "The network", steps 2–4. One round, top to bottom (`run_miner`):
 
 1. wait for the round to start; `Miner.prepare`: read the round's base state (the one the most
    validator stake backed, `state.base_state`), load the base model, write that state into it,
-   reduce the model to the miner's memory mode (`full`, `quantized` or `subset`,
+   reduce the model to the miner's memory mode (`full`, `quantized`, `subset` or `offload`,
    `extract.package`), and train H inner steps on `miner_shard(job, round, hotkey)` with the
    expert-only trainer (with the job's `general_mix`, that share of the shard's rows replaced by
    general text drawn for this miner and round from WikiText-2 validation past the guard's rows)
@@ -78,11 +78,13 @@ class Prepared:
 class Miner:
     """One miner hotkey working on one job."""
 
-    def __init__(self, ctx: RoleContext, *, job: JobSpec, mode: MinerMode = "full", on_step: StepCallback | None = None):
+    def __init__(self, ctx: RoleContext, *, job: JobSpec, mode: MinerMode = "full", checkpointing: bool = False,
+                 on_step: StepCallback | None = None):
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
         self.chain, self.store, self.keypair, self.job, self.mode = ctx.chain, ctx.store, ctx.keypair, job, mode
         self.hotkey = ctx.hotkey
+        self.checkpointing = checkpointing  # activation checkpointing: a memory choice; the delta is the same
         if self.chain.metagraph().by_hotkey(self.hotkey) is None:
             raise ChainError(not_registered(self.hotkey, self.chain.metagraph().netuid))
         self.run_dir = Path(ctx.run_dir) if ctx.run_dir is not None else None
@@ -104,7 +106,8 @@ class Miner:
         data = self._with_general(shard(rows, indices[: self.job.shard_rows - self.job.general_mix_rows]), r)
         with self.observer.phase("train", timings):
             delta, result = train_experts(
-                model, self.job.slots, data, self.job.miner_train_config(),
+                model, self.job.slots, data,
+                self.job.miner_train_config().model_copy(update={"activation_checkpointing": self.checkpointing}),
                 base_fingerprint=self.job.base_fingerprint, on_step=self._on_step,
             )
         del model

@@ -149,3 +149,21 @@ def test_a_miner_with_general_mix_trains_on_its_domain_rows_plus_general_rows_of
         assert got.input_ids.shape[0] == 6 + n and torch.equal(got.input_ids[:6], ids) and got.n_tokens == got.input_ids.numel()
     assert not torch.equal(mixed[0].input_ids[6:], mixed[1].input_ids[6:])  # each miner draws its own
     assert torch.equal(miners[0]._with_general(domain, 0).input_ids, mixed[0].input_ids)  # deterministically
+
+
+def test_an_offload_miner_trains_the_full_miners_delta_bit_for_bit(tmp_path, job_request, job_records):
+    from harness.inprocess import InProcessNetwork
+    from moeforge.network.transport import unpack
+    from tests.network.conftest import SALT
+
+    net = InProcessNetwork.create(tmp_path, LocalStore(tmp_path / "store"), job_request.model_copy(update={"rounds": 1}),
+                                  job_records, SALT, miner_modes=["full"], validator_stakes=[100.0])
+    job = net.publish()
+    net.advance_to(job.schedule.round_start(0))
+    key = net.miner_keys[0]
+    offload = Miner(RoleContext(net.chain, net.store, key, run_dir=tmp_path / "offload"), job=job, mode="offload",
+                    checkpointing=True)
+    tensors = [unpack(m.prepare(0).data, expect_hotkey=key.ss58_address)[1] for m in (net.miners[0], offload)]
+    assert tensors[0].keys() == tensors[1].keys() and tensors[0]
+    assert all(tensors[0][k].equal(tensors[1][k]) for k in tensors[0])
+    assert any(t.abs().sum() > 0 for t in tensors[1].values())
