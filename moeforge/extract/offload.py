@@ -52,6 +52,7 @@ class OffloadedExperts(nn.Module):
         template.__dict__["_parameters"] = {}
         self.__dict__["_template"] = template
         self.fetched_bytes = 0  # expert weights brought to the device so far (forward and backward), for the record
+        self.largest_fetch_bytes = 0  # the largest working set of one call
 
     @property
     def gate_up_proj(self) -> torch.Tensor:
@@ -82,7 +83,9 @@ class OffloadedExperts(nn.Module):
     def _fetch(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The experts `ids` of both weights, on `device`."""
         out = tuple(_gather(host, ids, device) for host in self._host)
-        self.fetched_bytes += sum(t.numel() * t.element_size() for t in out)
+        size = sum(t.numel() * t.element_size() for t in out)
+        self.fetched_bytes += size
+        self.largest_fetch_bytes = max(self.largest_fetch_bytes, size)
         return out
 
     def _pack(self, t: torch.Tensor, buffers: dict[int, tuple[int, torch.Tensor]]):
