@@ -13,7 +13,7 @@ bases), so that applying a delta and removing it are exact inverses.
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -132,6 +132,24 @@ def linear_combination(reference: ExpertSlice, terms: list[tuple[float, ExpertSl
                 parts[name] = total.to(dtype)
         weights[slot] = ExpertWeights(**parts)
     return ExpertSlice(kind="delta", model_type=reference.model_type, base_fingerprint=reference.base_fingerprint, weights=weights)
+
+
+def restricted(piece: ExpertSlice, slots: list[ExpertSlot]) -> ExpertSlice:
+    """`piece` over `slots` only (the same tensors); a slot it does not hold is a ModelError."""
+    missing = sorted(set(slots) - set(piece.weights))
+    if missing:
+        raise ModelError(f"the slice holds no expert at {', '.join(f'{s.layer}:{s.expert}' for s in missing[:5])}.")
+    return replace(piece, weights={slot: piece.weights[slot] for slot in sorted(set(slots))})
+
+
+def padded(delta: ExpertSlice, reference: ExpertSlice) -> ExpertSlice:
+    """A delta over part of `reference`'s slots as a delta over all of them: zero where it holds none."""
+    extra = sorted(set(delta.weights) - set(reference.weights))
+    if delta.kind != "delta" or extra:
+        raise ModelError(f"not a delta over part of the reference's experts (kind {delta.kind}, "
+                         f"{len(extra)} experts outside it).")
+    zero = linear_combination(reference, [])
+    return replace(delta, weights={slot: delta.weights.get(slot, zero.weights[slot]) for slot in reference.slots})
 
 
 def remove_delta(model, delta: ExpertSlice) -> None:

@@ -303,7 +303,11 @@ def find_replays(submissions: Sequence[Submission], earlier: Sequence[Earlier], 
             if sub.content_sha256 and sub.content_sha256 == old.content_sha256:
                 replays[sub.hotkey] = f"the same tensors as {old.source} (content sha256 {sub.content_sha256[:12]}…), re-signed"
             else:
-                similarity = _cosine(old.tensors, sub.tensors, old_norm, norm)
+                if sub.tensors.keys() < old.tensors.keys():  # one part of an earlier delta over more experts
+                    part = {k: old.tensors[k] for k in sub.tensors}
+                    similarity = _cosine(part, sub.tensors, global_norm(part), norm)
+                else:
+                    similarity = _cosine(old.tensors, sub.tensors, old_norm, norm)
                 if similarity < cosine:
                     continue
                 replays[sub.hotkey] = f"a replay of {old.source}: cosine {similarity:.5f} ≥ {cosine}"

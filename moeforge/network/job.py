@@ -21,6 +21,7 @@ from moeforge.errors import ArtifactNotFound, ChainError, ConfigError
 from moeforge.model.experts import ExpertSlot
 from moeforge.network.commitment import JobPayload, decode_job, encode_job
 from moeforge.network.schedule import RoundSchedule
+from moeforge.network.shards import miner_part
 from moeforge.store.protocol import Store
 from moeforge.train.config import TrainConfig
 
@@ -94,7 +95,8 @@ class JobSpec(BaseModel):
     backtrack: int = Field(4, ge=0)  # halvings of a candidate update's scale tried before it is dropped
     outer_lr: float = Field(1.0, gt=0, le=4)  # the outer optimizer (outer.py); lr 1, momentum 0 is plain averaging
     outer_momentum: float = Field(0.0, ge=0, lt=1)
-    top_k: int = Field(ge=1)  # deltas merged per round
+    top_k: int = Field(ge=1)  # deltas merged per round (per part)
+    parts: int = Field(1, ge=1)  # the selected slots split into this many parts; a miner trains the one assigned to it each round
     merge_margin: float = Field(0.0, ge=0)  # a candidate state must beat the current one by more than this
     score_rows: int = Field(ge=1)  # held-out rows each submission is scored on
     merge_rows: int = Field(ge=1)  # further held-out rows the merge is judged on
@@ -123,6 +125,8 @@ class JobSpec(BaseModel):
             problems.append(f"a miner's shard of {self.shard_rows} rows exceeds the {self.train_rows} train rows")
         if not self.experts or any(not ids for ids in self.experts.values()):
             problems.append("the job selects no experts in some layer")
+        elif self.parts > len(self.slots):
+            problems.append(f"parts {self.parts} is more than the {len(self.slots)} selected experts to split")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -131,6 +135,21 @@ class JobSpec(BaseModel):
     def slots(self) -> list[ExpertSlot]:
         """The assigned expert slices, sorted."""
         return sorted(ExpertSlot(layer, expert) for layer, ids in self.experts.items() for expert in ids)
+
+    def part_slots(self, part: int) -> list[ExpertSlot]:
+        """Part `part` of the sorted slots cut into `parts` contiguous ranges (layer ranges) of balanced size."""
+        if not 0 <= part < self.parts:
+            raise ConfigError(f"part {part}: job {self.job_id} has parts 0..{self.parts - 1}.")
+        slots = self.slots
+        return slots[round(part * len(slots) / self.parts): round((part + 1) * len(slots) / self.parts)]
+
+    def part_of(self, round: int, hotkey: str) -> int:
+        """The part `hotkey` trains in `round` (`shards.miner_part`): the same in every role."""
+        return miner_part(self.parts, self.job_id, round, hotkey)
+
+    def assigned_slots(self, round: int, hotkey: str) -> list[ExpertSlot]:
+        """The slots `hotkey` trains and submits a delta for in `round`."""
+        return self.part_slots(self.part_of(round, hotkey))
 
     @property
     def shard_rows(self) -> int:

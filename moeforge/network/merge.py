@@ -48,7 +48,7 @@ class MergeCandidate:
     merged: ExpertSlice | None  # delta: mean of the clipped top-k deltas; None when no score was positive
     best_single: ExpertSlice | None  # the top-scoring delta, as submitted
     best_hotkey: str | None
-    clip_norm: float | None  # the cohort's median global L2 norm
+    clip_norm: float | None  # the cohort's median global L2 norm (with parts: the median of each part's)
     coefficients: dict[str, float]  # merged = Σ coefficients[h] · delta[h]  (clip factor / k)
     deltas: dict[str, ExpertSlice] = field(default_factory=dict)  # the cohort's deltas, best first
 
@@ -90,30 +90,43 @@ class MergeDecision:
         return {"merged": self.merged_loss, "single": self.single_loss, "none": self.current_loss}[self.choice]
 
 
-def merge(current: ExpertSlice, scored: Sequence[tuple[str, float, ExpertSlice]], *, top_k: int) -> MergeCandidate:
-    """Candidates from (hotkey, score, delta): the top_k positive scores.
+def merge(current: ExpertSlice, scored: Sequence[tuple[str, float, ExpertSlice]], *, top_k: int,
+          parts: Mapping[str, int] | None = None) -> MergeCandidate:
+    """Candidates from (hotkey, score, delta): the top_k positive scores of each part, merged part by part.
 
-    Equal scores keep the order given: pass submissions in commit order so the earlier one wins.
+    `parts` maps each hotkey to the part of the experts its delta covers (zero elsewhere); each part's
+    cohort is clipped to its own median norm and averaged, and the parts' averages add up (they touch
+    disjoint experts). None: one part. Equal scores keep the order given: pass submissions in commit
+    order so the earlier one wins.
     """
     if top_k < 1:
         raise ConfigError(f"top_k must be at least 1 (got {top_k}).")
     for hotkey, _, delta in scored:
         if delta.kind != "delta" or delta.slots != current.slots:
             raise ModelError(f"{hotkey}: a {delta.kind} slice over {len(delta.slots)} experts is not a delta over the {len(current.slots)} assigned.")
-    cohort = sorted((s for s in scored if s[1] > 0), key=lambda s: -s[1])[:top_k]
+    positive = sorted((s for s in scored if s[1] > 0), key=lambda s: -s[1])
+    by_part: dict[int, list[tuple[str, float, ExpertSlice]]] = {}
+    for s in positive:
+        by_part.setdefault(0 if parts is None else parts[s[0]], []).append(s)
+    cohorts = {p: members[:top_k] for p, members in sorted(by_part.items())}
+    cohort = sorted((s for members in cohorts.values() for s in members), key=lambda s: -s[1])
     if not cohort:
         return MergeCandidate(None, None, None, None, {})
     norms = {hotkey: global_norm(delta.state_dict()) for hotkey, _, delta in cohort}
-    clip = statistics.median(norms.values())
-    factors = {h: min(1.0, clip / n) if n > 0 else 0.0 for h, n in norms.items()}
-    coefficients = {h: f / len(cohort) for h, f in factors.items()}
+    coefficients, clips = {}, []
+    for members in cohorts.values():
+        clip = statistics.median(norms[h] for h, _, _ in members)
+        clips.append(clip)
+        for h, _, _ in members:
+            coefficients[h] = (min(1.0, clip / norms[h]) if norms[h] > 0 else 0.0) / len(members)
     merged = linear_combination(current, [(coefficients[h], delta) for h, _, delta in cohort])
     best_hotkey, _, best = cohort[0]
     log.info(
-        "merge: %d of %d positive deltas, median norm %.4g, %d clipped",
-        len(cohort), len(scored), clip, sum(f < 1.0 for f in factors.values()),
+        "merge: %d of %d positive deltas in %d part(s), median norm %.4g, %d clipped",
+        len(cohort), len(scored), len(cohorts), statistics.median(clips),
+        sum(coefficients[h] * len(cohorts[0 if parts is None else parts[h]]) < 1.0 for h in coefficients),
     )
-    return MergeCandidate(merged, best, best_hotkey, clip, coefficients, {h: d for h, _, d in cohort})
+    return MergeCandidate(merged, best, best_hotkey, statistics.median(clips), coefficients, {h: d for h, _, d in cohort})
 
 
 def choose_state(

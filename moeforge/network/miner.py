@@ -100,13 +100,14 @@ class Miner:
         with self.observer.phase("fetch", timings):
             ref = base_state(self.chain, self.store, self.job, r)
             rows = self._train_rows()
+        slots = self.job.assigned_slots(r, self.hotkey)  # the job's part this miner trains this round (all with parts 1)
         with self.observer.phase("load", timings):
-            model = self._model_holding(ref)
+            model = self._model_holding(ref, slots)
         indices = miner_shard(rows.input_ids.shape[0], self.job.job_id, r, self.hotkey, self.job.shard_rows)
         data = self._with_general(shard(rows, indices[: self.job.shard_rows - self.job.general_mix_rows]), r)
         with self.observer.phase("train", timings):
             delta, result = train_experts(
-                model, self.job.slots, data,
+                model, slots, data,
                 self.job.miner_train_config().model_copy(update={"activation_checkpointing": self.checkpointing}),
                 base_fingerprint=self.job.base_fingerprint, on_step=self._on_step,
             )
@@ -118,9 +119,12 @@ class Miner:
         self.observer.metric("moeforge_miner_tokens_per_second").set(result.tokens_per_s)
         self.observer.metric("moeforge_miner_delta_norm").set(prepared.delta_norm)
         self.observer.event(
-            "trained", f"round {r}: trained {result.history[-1].step} steps in {self.mode} mode from state "
+            "trained", f"round {r}: trained {len(slots)} experts"
+            + (f" (part {self.job.part_of(r, self.hotkey)} of {self.job.parts})" if self.job.parts > 1 else "")
+            + f" {result.history[-1].step} steps in {self.mode} mode from state "
             f"{ref.sha256[:10]}…, loss {result.history[0].loss:.3f} → {result.final_loss:.3f}, delta norm {prepared.delta_norm:.4g}",
-            round=r, mode=self.mode, base=ref.sha256, base_round=ref.round, digest=prepared.digest,
+            round=r, mode=self.mode, part=self.job.part_of(r, self.hotkey), experts=len(slots), base=ref.sha256,
+            base_round=ref.round, digest=prepared.digest,
             first_loss=result.history[0].loss, final_loss=result.final_loss, delta_norm=prepared.delta_norm,
             tokens=result.tokens, tokens_per_s=result.tokens_per_s, timings=timings,
         )
@@ -251,8 +255,8 @@ class Miner:
         ids, labels = torch.cat([domain.input_ids, ids[index]]), torch.cat([domain.labels, labels[index]])
         return Packed(input_ids=ids, labels=labels, n_tokens=int(ids.numel()), n_loss_tokens=int((labels != IGNORE_INDEX).sum()))
 
-    def _model_holding(self, ref: StateRef):
-        """The base model with the round's state written in, reduced to this miner's memory mode."""
+    def _model_holding(self, ref: StateRef, slots):
+        """The base model with the round's state written in, reduced to this miner's memory mode (training `slots`)."""
         from moeforge.model.load import load_model
 
         model = load_model(self.job.base_model)
@@ -260,7 +264,7 @@ class Miner:
         reference = extract_slice(model, self.job.slots, self.job.base_fingerprint)
         apply_slice(model, fetch_state(self.store, ref, job=self.job, reference=reference))
         kept = {layer: list(ids) for layer, ids in self.job.subset_experts.items()}
-        reduce_for_mode(model, self.mode, self.job.slots, kept)
+        reduce_for_mode(model, self.mode, slots, kept)
         return model.to(self.device)
 
 

@@ -94,7 +94,8 @@ class JobRequest(BaseModel):
     backtrack: int = Field(4, ge=0)
     outer_lr: float = Field(1.0, gt=0, le=4)
     outer_momentum: float = Field(0.0, ge=0, lt=1)
-    top_k: int = Field(4, ge=1)
+    top_k: int = Field(4, ge=1)  # deltas merged per round and part
+    parts: int = Field(1, ge=1)  # the selected experts split between miners: each trains one part per round (JobSpec.parts)
     merge_margin: float = Field(0.0, ge=0)
     score_rows: int = Field(32, ge=1)
     merge_rows: int = Field(32, ge=1)
@@ -399,7 +400,7 @@ def _spec(req: JobRequest, **fields) -> JobSpec:
             inner_steps=req.inner_steps, shard_passes=req.shard_passes, train=req.train, norm_bound=req.norm_bound, significance=req.significance,
             evidence_rows=req.evidence_rows, evidence_significance=req.evidence_significance, general_rows=req.general_rows, general_mix=req.general_mix,
             general_budget=req.general_budget, backtrack=req.backtrack, outer_lr=req.outer_lr, outer_momentum=req.outer_momentum,
-            top_k=req.top_k, merge_margin=req.merge_margin, score_rows=score_rows, merge_rows=merge_rows,
+            top_k=req.top_k, parts=req.parts, merge_margin=req.merge_margin, score_rows=score_rows, merge_rows=merge_rows,
             eval_batch_rows=req.eval_batch_rows, **fields,
         )
     except ValidationError as exc:

@@ -5,7 +5,8 @@ sha256 counter-mode stream (`sha256(key ‖ counter)`, read as big-endian 64-bit
 unbiased by rejection), so they are the same in every process, on every platform and every
 Python version: no `random`, no `hash()`, no torch generator whose algorithm may change.
 
-- A miner's shard is a function of (job id, round, hotkey) only: anyone can recompute which
+- A miner's shard, and the part of the experts it trains (`miner_part`), are functions of
+  (job id, round, hotkey) only: anyone can recompute which
   training rows a miner was assigned; different hotkeys get independent draws (two shards of
   `size` rows out of n overlap in about size²/n rows).
 - The validators' held-out split never leaves them (`moeforge.data.splits.split_records` with
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _SHARD_TAG = b"moeforge/shard/v1"
 _EVAL_TAG = b"moeforge/eval/v1"
+_PART_TAG = b"moeforge/part/v1"
 _U64 = 2**64
 
 
@@ -38,6 +40,14 @@ def miner_shard(rows: Sized | int, job_id: str, round: int, hotkey: str, size: i
     _check_size(size, n, what=f"miner shard for {hotkey} (job {job_id!r}, round {round})")
     key = _SHARD_TAG + _field(job_id.encode("utf-8")) + round.to_bytes(8, "big") + _field(hotkey.encode("utf-8"))
     return _sample(n, size, key)
+
+
+def miner_part(parts: int, job_id: str, round: int, hotkey: str) -> int:
+    """The part (0..parts-1) of the job's experts this miner trains this round: uniform, a function of (job, round, hotkey)."""
+    if parts < 1 or round < 0:
+        raise ConfigError(f"miner_part needs parts ≥ 1 and round ≥ 0; got parts {parts}, round {round}.")
+    key = _PART_TAG + _field(job_id.encode("utf-8")) + round.to_bytes(8, "big") + _field(hotkey.encode("utf-8"))
+    return _sample(parts, 1, key)[0]
 
 
 def eval_sample(heldout_rows: Sized | int, seed: bytes | str, n: int) -> list[int]:

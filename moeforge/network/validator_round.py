@@ -41,7 +41,7 @@ import torch
 from moeforge.chain.protocol import Chain
 from moeforge.data.packing import Packed
 from moeforge.errors import ArtifactNotFound, PayloadError, StoreError
-from moeforge.model.slices import ExpertSlice, apply_slice, linear_combination
+from moeforge.model.slices import ExpertSlice, apply_slice, linear_combination, padded, restricted
 from moeforge.network.checks import (
     Earlier,
     Reject,
@@ -129,7 +129,8 @@ def judge_round(
         replays = find_replays(submissions, earlier)
         verdicts.update({h: Verdict(h, Reject.REPLAY, detail) for h, detail in replays.items()})
         rest = [s for s in submissions if s.hotkey not in replays]
-        deltas = {s.hotkey: delta_slice(s.tensors, current) for s in rest}
+        deltas = {s.hotkey: padded(delta_slice(s.tensors, restricted(current, job.assigned_slots(round, s.hotkey))), current)
+                  for s in rest}
         previous = next((delta_slice(e.tensors, current) for e in earlier if e.hotkey is None), None)
     free = outer.free_step(current, momentum)
     reference = current if free is None else state_with(model, current, free)
@@ -154,6 +155,7 @@ def judge_round(
     verdicts.update(scored)
     with observer.phase("merge", timings):
         state, next_momentum, decision, accepted = merge_round(model, current, momentum, deltas, scored, merge_batches, job,
+                                                               parts={h: job.part_of(round, h) for h in deltas},
                                                                guard=guard, midway=lambda: observer.reached("mid_merge"))
     blocks = {rev.hotkey: rev.commit_block for rev in revealed}
     digests = {rev.hotkey: rev.digest for rev in revealed}
@@ -180,10 +182,11 @@ def _copy_detail(copier: str, original: str, submissions: list[Submission], evid
 def fetch_all(store: Store, revealed: list[Revealed], *, job: JobSpec, round: int, current: ExpertSlice,
               observer: Observer) -> tuple[list[Submission], dict[str, Verdict], dict[str, str]]:
     """(submissions that passed every check, in commit order; verdicts refusing the others; unexpected errors)."""
-    layout, bound = expected_layout(current), relative_norm_bound(current, job.norm_bound)
     max_bytes = state_limits(current).max_total_bytes
     submissions, refused, errors = [], {}, {}
     for rev in revealed:
+        part = restricted(current, job.assigned_slots(round, rev.hotkey))  # exactly the part assigned to this miner
+        layout, bound = expected_layout(part), relative_norm_bound(part, job.norm_bound)
         try:
             got = fetch_submission(store, rev, job=job, round=round, layout=layout, norm_bound=bound, max_bytes=max_bytes)
         except Exception as exc:  # noqa: BLE001 (one submission's unexpected failure must not end the round)
@@ -198,17 +201,18 @@ def fetch_all(store: Store, revealed: list[Revealed], *, job: JobSpec, round: in
 
 
 def merge_round(model, current: ExpertSlice, momentum: ExpertSlice | None, deltas: Mapping[str, ExpertSlice],
-                scored: Mapping[str, Verdict], merge_batches: list[Batch], job: JobSpec, *, guard: GeneralGuard | None = None,
-                midway=None) -> tuple[ExpertSlice, ExpertSlice | None, MergeDecision | None, list[str]]:
+                scored: Mapping[str, Verdict], merge_batches: list[Batch], job: JobSpec, *, parts: Mapping[str, int] | None = None,
+                guard: GeneralGuard | None = None, midway=None) -> tuple[ExpertSlice, ExpertSlice | None, MergeDecision | None, list[str]]:
     """(next state, next outer momentum, the merge decision, the merge cohort best first).
 
     The merged and the best single update become outer-optimizer steps, `choose_state` adopts one
     (shrunk to fit the guard) or neither, and an adopted merge credits its members by leave-one-out.
+    `parts`: hotkey → the part of the experts its delta covers (merged part by part); None: one part.
     Nothing scored: the current state and momentum."""
     ranked = [(h, scored[h].score, delta) for h, delta in deltas.items() if scored[h].accepted]  # commit order breaks ties
     if not ranked:
         return current, momentum, None, []
-    candidate = merge(current, ranked, top_k=job.top_k)
+    candidate = merge(current, ranked, top_k=job.top_k, parts=parts)
     outer = OuterOptimizer.of(job)
     steps = {"merged": outer.step(current, momentum, candidate.merged), "single": outer.step(current, momentum, candidate.best_single)}
     state, decision = choose_state(model, current, steps, merge_batches, best_hotkey=candidate.best_hotkey, guard=guard,

@@ -82,3 +82,28 @@ def test_shard_passes_shrink_the_shard_and_may_not_leave_less_than_a_step():
     assert one.shard_rows == one.inner_steps * one.train.rows_per_step == 2 * two.shard_rows
     with pytest.raises(ValueError, match="3 passes over the shard leave 3 rows, fewer than one step's 4"):
         make_job(shard_passes=3)
+
+
+def test_parts_cut_the_slots_into_balanced_contiguous_ranges_and_every_role_assigns_the_same_part():
+    from tests.network.conftest import make_job
+
+    job = make_job(experts={1: (0, 2, 3, 5, 7), 2: (1, 4, 6)}, parts=3)
+    parts = [job.part_slots(p) for p in range(3)]
+    assert [s for p in parts for s in p] == job.slots  # disjoint, in order, covering every slot
+    assert sorted(len(p) for p in parts) == [2, 3, 3]
+    hotkeys = [f"5Hot{i}" for i in range(300)]
+    assigned = [job.part_of(0, h) for h in hotkeys]
+    assert assigned == [make_job(experts=job.experts, parts=3).part_of(0, h) for h in hotkeys]  # a function of its inputs
+    assert all(60 <= assigned.count(p) <= 140 for p in range(3))  # about uniform
+    assert [job.part_of(1, h) for h in hotkeys] != assigned  # drawn again each round
+    assert job.assigned_slots(0, hotkeys[0]) == parts[assigned[0]]
+    assert make_job().part_slots(0) == make_job().slots and make_job().part_of(5, "5Any") == 0
+
+
+def test_more_parts_than_slots_is_refused():
+    from pydantic import ValidationError
+
+    from tests.network.conftest import make_job
+
+    with pytest.raises(ValidationError, match="parts 4 is more than the 3 selected experts"):
+        make_job(parts=4)

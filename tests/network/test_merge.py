@@ -159,3 +159,22 @@ def test_leave_one_out_credits_what_each_term_added_not_its_norm(trained):
     apply_slice(model, current)
     _, shares = leave_one_out(model, current, step, terms, batches, adopted_loss, scores={"5Honest0": 0.1, "5Lazy": 0.1})
     assert shares["5Honest0"] > shares["5Lazy"]
+
+
+def test_with_parts_each_part_is_clipped_and_averaged_on_its_own_and_the_parts_add_up(current):
+    from moeforge.model.slices import padded, restricted
+
+    first, second = current.slots[: len(current.slots) // 2], current.slots[len(current.slots) // 2:]
+    part = {"5A": 0, "5B": 0, "5C": 0, "5D": 1}
+    d = {h: padded(_with_norm(restricted(current, first if part[h] == 0 else second), n, seed), current)
+         for seed, (h, n) in enumerate([("5A", 1.0), ("5B", 2.0), ("5C", 10.0), ("5D", 5.0)])}
+    scored = [("5A", 0.3, d["5A"]), ("5B", 0.2, d["5B"]), ("5C", 0.1, d["5C"]), ("5D", 0.05, d["5D"])]
+    cand = merge(current, scored, top_k=2, parts=part)
+    assert set(cand.coefficients) == {"5A", "5B", "5D"}  # top 2 of part 0, and part 1's only delta
+    assert cand.coefficients == pytest.approx({"5A": 1 / 2, "5B": (1.5 / 2) / 2, "5D": 1.0})  # part 0's median norm 1.5
+    merged, by = cand.merged.state_dict(), {h: d[h].state_dict() for h in d}
+    for key, t in merged.items():
+        torch.testing.assert_close(t, by["5A"][key] / 2 + 0.75 * by["5B"][key] / 2 + by["5D"][key], rtol=0, atol=1e-12)
+    assert cand.best_hotkey == "5A"
+    unpartitioned = merge(current, scored, top_k=2)
+    assert set(unpartitioned.coefficients) == {"5A", "5B"}  # without parts part 1 would not be merged at all

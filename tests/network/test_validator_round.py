@@ -87,3 +87,31 @@ def test_a_good_delta_is_fetched_and_every_bad_one_gets_the_verdict_that_names_i
     foreign = {"model.layers.1.mlp.experts.7.gate_proj.weight": torch.zeros(16, 32, dtype=torch.float64)}
     wrong = _fetch(store, current, _delta(current, extra=foreign))
     assert isinstance(wrong, Verdict) and wrong.reject == Reject.WRONG_KEYS and "experts.7" in wrong.detail
+
+
+def test_with_parts_only_a_delta_over_exactly_the_assigned_part_is_accepted(tmp_path):
+    from moeforge.model.slices import restricted
+    from moeforge.network.observe import Observer
+    from moeforge.network.validator_round import fetch_all
+
+    job = make_job(parts=2)
+    current = extract_slice(tiny_model("deepseek_v2"), job.slots, job.base_fingerprint)
+    store = LocalStore(tmp_path / "store")
+    names = ("ok", "late", "silent", "liar")
+    mine = {n: job.part_of(0, KEYS[n].ss58_address) for n in names}
+    offers = {"ok": mine["ok"], "late": 1 - mine["late"], "silent": None, "liar": mine["liar"]}  # None: every slot
+    revealed = []
+    for n in names:
+        piece = current if offers[n] is None else restricted(current, job.part_slots(offers[n]))
+        tensors = _delta(piece)
+        if n == "liar":
+            tensors = {k: 100.0 * t for k, t in tensors.items()}  # over the part's own norm bound
+        data = pack(tensors, keypair=KEYS[n], job=job.job_id, round=0, kind="delta")
+        revealed.append(Revealed(KEYS[n].ss58_address, store.put(data), b"\0" * 32, 12, 16))
+    job = job.model_copy(update={"norm_bound": 0.5})
+    submissions, refused, errors = fetch_all(store, revealed, job=job, round=0, current=current,
+                                             observer=Observer("validator", KEYS["validator"].ss58_address))
+    assert [s.hotkey for s in submissions] == [KEYS["ok"].ss58_address] and not errors, refused
+    assert refused[KEYS["late"].ss58_address].reject == Reject.WRONG_KEYS  # the other part
+    assert refused[KEYS["silent"].ss58_address].reject == Reject.WRONG_KEYS  # every slot, not its part
+    assert refused[KEYS["liar"].ss58_address].reject == Reject.NORM_BOUND
