@@ -14,7 +14,8 @@ Issue 15's benchmark; DESIGN.md "Miners' memory".
    backward is not deterministic otherwise, so two full-mode runs differ in the last bits);
    `delta_equals_full` says whether the delta is full mode's bit for bit. Also tokens/s of full and
    offload mode with the eager expert loop instead of grouped matrix products.
-3. `gpu`: null here (no CUDA); `bench/gpu_check.py` measures it on a CUDA machine.
+3. `gpu`: what `bench/gpu_check.py` measured on a CUDA machine and wrote into this file (kept when this
+   bench rewrites it), or null.
 
     .venv/bin/python bench/miner_memory.py        # writes bench/results/miner_memory.json
 """
@@ -143,13 +144,23 @@ def main(argv: list[str] | None = None) -> dict:
         "testbed_setting": {"preset": args.preset, "slots": len(slots), "steps": args.steps, "batch_size": args.batch_size,
                             "seq_len": seq_len, "selection": "ESFT-Token on GSM8K train",
                             "planned_working_set_bytes_per_layer": testbed_plan.routed_experts // 2},
-        "gpu": None,
-        "gpu_note": "no CUDA on the machine that wrote this file; bench/gpu_check.py measures the GPU figures",
+        **_gpu_figures(args.out),
         "targets": {"v2_lite_offload_4_parts_fraction": 0.15, "offload_domain_loss_gap": 0.0, "offload_tokens_per_s_vs_full": 0.7,
                     "gpu_peak_within_plan": 0.10},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     return run.write(args.out, result)
+
+
+def _gpu_figures(out: Path) -> dict:
+    """The `gpu` figures `bench/gpu_check.py` wrote into `out` before (kept), or null with a note saying why."""
+    import json
+
+    if out.is_file():
+        before = json.loads(out.read_text())
+        if before.get("gpu"):
+            return {"gpu": before["gpu"], "gpu_note": before.get("gpu_note")}
+    return {"gpu": None, "gpu_note": "no GPU measured yet: bench/gpu_check.py measures the GPU figures on a CUDA machine"}
 
 
 def _plans(config, batch: int, seq: int) -> dict:
