@@ -163,7 +163,7 @@ def _print_plan(p) -> None:
     table = Table(title=f"{p.mode}: {_setting(p)}")
     for col in ("kind", "GiB", "bytes"):
         table.add_column(col, justify="left" if col == "kind" else "right")
-    routed = "routed experts: working set (worst routing, 2 layers)" if p.mode == "offload" else "routed experts (frozen, held)"
+    routed = "routed experts: working set (worst routing, one layer)" if p.mode == "offload" else "routed experts (frozen, held)"
     rows = [("embeddings and LM head", p.embeddings), ("attention", p.attention), ("dense-layer MLPs", p.dense_mlps),
             ("shared experts", p.shared_experts), ("routers", p.routers), ("norms and buffers", p.norms_buffers),
             (routed, p.routed_experts), ("trained experts: float32 master", p.master), ("their gradients (float32)", p.grads),

@@ -17,15 +17,19 @@ expert sees the same tokens in the same order as in the full model: on CPU the l
 full model's bit for bit (the test asserts it). Autograd would keep every layer's working set
 alive until the backward pass; instead each saved view of a working set is packed as the ids it
 covers and fetched again from host memory when the backward pass needs it
-(`saved_tensors_hooks`), so the device holds about one layer's working set at a time. With
-gradient checkpointing the recomputed forward fetches its experts again in the same way.
+(`saved_tensors_hooks`). What a layer fetched is freed when it returns, and the backward pass
+fetches one weight of one layer at a time, so the device holds at most one layer's working set
+(`WorkingSetMeter` counts it; a test asserts it). With gradient checkpointing the recomputed
+forward fetches its experts again in the same way.
 
-Where the routing is known one layer ahead it is not (the next router needs this layer's
-output), so the next layer's experts are not fetched speculatively: copies from pinned memory
-are issued non-blocking on the current stream, in order with the compute that needs them.
+The next layer's routing is not known while this one computes (its router needs this layer's
+output), so nothing is fetched ahead: copies from pinned memory are issued non-blocking on the
+current stream, in order with the compute that needs them. Prefetching the backward pass's
+experts (whose routing is known) on a side stream is not built.
 """
 
 import copy
+import weakref
 
 import torch
 from torch import nn
@@ -33,11 +37,30 @@ from torch import nn
 from moeforge.errors import ModelError
 
 
+class WorkingSetMeter:
+    """Bytes of offloaded expert weights alive on the device now, and the most ever alive at once (all layers together)."""
+
+    def __init__(self):
+        self.live = 0
+        self.peak = 0
+
+    def track(self, t: torch.Tensor) -> torch.Tensor:
+        n = t.numel() * t.element_size()
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(t, self._freed, n)
+        return t
+
+    def _freed(self, n: int) -> None:
+        self.live -= n
+
+
 class OffloadedExperts(nn.Module):
     """A fused experts module whose frozen weights live in host memory (see the module docstring)."""
 
-    def __init__(self, experts: nn.Module, *, pin: bool | None = None):
+    def __init__(self, experts: nn.Module, *, pin: bool | None = None, meter: WorkingSetMeter | None = None):
         super().__init__()
+        self.__dict__["meter"] = meter or WorkingSetMeter()  # shared by the model's layers (offload_experts)
         pin = torch.cuda.is_available() if pin is None else pin
         self.num_experts = experts.num_experts
         self.act_fn = experts.act_fn
@@ -82,7 +105,7 @@ class OffloadedExperts(nn.Module):
 
     def _fetch(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The experts `ids` of both weights, on `device`."""
-        out = tuple(_gather(host, ids, device) for host in self._host)
+        out = tuple(self.meter.track(_gather(host, ids, device)) for host in self._host)
         size = sum(t.numel() * t.element_size() for t in out)
         self.fetched_bytes += size
         self.largest_fetch_bytes = max(self.largest_fetch_bytes, size)
@@ -103,7 +126,7 @@ class OffloadedExperts(nn.Module):
     def _unpack(self, packed):
         if not isinstance(packed, _Refetch):
             return packed
-        base = _gather(self._host[packed.which], packed.ids, packed.device)
+        base = self.meter.track(_gather(self._host[packed.which], packed.ids, packed.device))
         self.fetched_bytes += base.numel() * base.element_size()
         return base.as_strided(packed.shape, packed.stride, packed.offset)
 
@@ -134,15 +157,16 @@ def _extent(t: torch.Tensor) -> int:
     return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 
 
-def offload_experts(model, *, pin: bool | None = None) -> None:
-    """Keep every MoE layer's routed experts in host memory, in place (fused-layout families)."""
+def offload_experts(model, *, pin: bool | None = None) -> WorkingSetMeter:
+    """Keep every MoE layer's routed experts in host memory, in place (fused-layout families); → the layers' shared meter."""
     from moeforge.model.families import family_of, moe_layers
 
     family = family_of(model.config)
     if family.layout != "fused":
         raise ModelError(f"offload mode supports fused-layout families; {model.config.model_type} is {family.layout}.")
+    meter = next((l.experts.meter for l in moe_layers(model) if isinstance(l.experts, OffloadedExperts)), WorkingSetMeter())
     for layer in moe_layers(model):
         block = getattr(model.model.layers[layer.index], family.block)
-        if isinstance(block.experts, OffloadedExperts):
-            continue
-        block.experts = OffloadedExperts(layer.experts, pin=pin)
+        if not isinstance(block.experts, OffloadedExperts):
+            block.experts = OffloadedExperts(layer.experts, pin=pin, meter=meter)
+    return meter

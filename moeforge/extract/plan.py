@@ -8,8 +8,9 @@ activations are an *estimate* from the formula in `activation_bytes`. DESIGN.md 
 - full / quantized / subset: the modes `package.py` builds.
 - offload (`offload.py`): frozen routed experts stay in host memory, and the device holds the
   working set of the worst routing: the distinct experts one micro-batch can route to in one
-  layer, min(E, batch × seq × top_k), counted for two layers (the one whose working set is in
-  use and the next one's arriving, in the forward pass or fetched again in the backward pass).
+  layer, min(E, batch × seq × top_k), for one layer: the offload mode frees what a layer fetched
+  when the layer returns and fetches again, one weight at a time, in the backward pass (its
+  `WorkingSetMeter` measures this; a test asserts it).
 
 `parts` splits the selected slots (trainable_per_layer × MoE layers) into balanced parts, one
 per miner; a plan is for the largest part, ceil(slots / parts). Per trained parameter the miner
@@ -37,7 +38,7 @@ from moeforge.model.sizing import size_of_model
 CARDS_GIB = (16, 24, 48, 80)  # common accelerator memories
 ESFT_SHARE = 0.1  # default trainable share of a layer's experts: the middle of ESFT's 5–15% (DESIGN.md "ESFT, exactly")
 COVERAGE_SHARE = 0.5  # default subset: half the experts per layer (at least top_k), as a job's plan sizes it
-WORKING_LAYERS = 2  # offload: the working set in use and the next one arriving
+WORKING_LAYERS = 1  # offload: layers whose working sets are on the device at once (offload.py; nothing is fetched ahead)
 GIB = 2**30
 
 

@@ -108,3 +108,22 @@ def test_on_cuda_offload_matches_full_mode_within_bf16_tolerance():
     with torch.no_grad():
         a, b = full(input_ids=ids).logits.float(), model(input_ids=ids).logits.float()
     torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_device_never_holds_more_than_one_layers_working_set(checkpointing):
+    model = tiny_model("deepseek_v2")
+    meter = offload_experts(model, pin=False)
+    layers = moe_layers(model)
+    trainable = attach_trainable(model, [ExpertSlot(layers[0].index, 0)])  # every later layer's backward needs its weights
+    model.train()
+    if checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    ids = torch.randint(3, 96, (4, 32), generator=torch.Generator().manual_seed(5))
+    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    one_layer = max(block.experts.fused.largest_fetch_bytes if hasattr(block.experts, "fused") else block.experts.largest_fetch_bytes
+                    for block in (model.model.layers[l.index].mlp for l in layers))
+    assert one_layer > 0 and sum(l.experts.fetched_bytes for l in moe_layers(model) if hasattr(l.experts, "fetched_bytes")) > one_layer
+    assert 0 < meter.peak <= one_layer
+    assert meter.live == 0  # nothing left on the device after the step
+    assert trainable.parameters()[0].grad is not None

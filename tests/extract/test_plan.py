@@ -81,13 +81,13 @@ def test_offload_holds_fewer_expert_bytes_than_subset_and_quantized(name):
     assert offload.host_experts == size_of_model(_meta(name)).routed_expert_bytes
 
 
-def test_offload_working_set_is_the_distinct_experts_of_the_worst_routing_for_two_layers():
+def test_offload_working_set_is_the_distinct_experts_of_the_worst_routing_in_one_layer():
     config = shipped_config("deepseek-v2-lite")
     size = size_of_model(_meta("deepseek-v2-lite"))
     few = plan_device(config, "offload", batch=1, seq=3)  # 3 tokens × top-6: at most 18 of 64 experts
-    assert few.routed_experts == 2 * 3 * size.top_k * size.bytes_per_expert
+    assert few.routed_experts == 3 * size.top_k * size.bytes_per_expert
     many = plan_device(config, "offload", batch=1, seq=2048)
-    assert many.routed_experts == 2 * size.experts_per_layer * size.bytes_per_expert
+    assert many.routed_experts == size.experts_per_layer * size.bytes_per_expert
 
 
 def test_more_parts_hold_less_trainable_state():
