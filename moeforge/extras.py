@@ -11,7 +11,7 @@ from moeforge.errors import ConfigError
 
 EXTRAS = {"s3": ("boto3", "botocore"), "bench": ("peft",), "postgres": ("psycopg",),
           "deploy": ("model_signing", "OpenSSL", "cyclonedx"), "serve": ("fastapi", "uvicorn"),
-          "service": ("python_multipart", "httpx")}  # and serve's
+          "service": ("python_multipart", "httpx"), "lean": ("bitsandbytes",)}  # and serve's
 
 
 def require(extra: str, feature: str) -> list[ModuleType]:

@@ -59,6 +59,8 @@ def plan(
     batch: int = typer.Option(1, "--batch", help="Rows per micro-batch."),
     seq: int = typer.Option(2048, "--seq", help="Tokens per row."),
     checkpointing: bool = typer.Option(True, "--checkpointing/--no-checkpointing", help="Plan activations with per-layer gradient checkpointing."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="AdamW states: adamw (float32) or adamw_8bit (bitsandbytes)."),
+    loss_chunk: int = typer.Option(0, "--loss-chunk", help="Positions the LM head and loss take at a time (0: all at once)."),
     trainable_per_layer: int | None = typer.Option(None, "--trainable-per-layer", help="Experts trained per MoE layer (default: a tenth of them, ESFT-typical)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plans as JSON."),
 ) -> None:
@@ -74,7 +76,7 @@ def plan(
     for m in MODES if mode is None else (mode,):
         try:
             plans.append(plan_device(cfg, m, parts=parts, trainable_per_layer=trainable_per_layer, batch=batch, seq=seq,
-                                     checkpointing=checkpointing))
+                                     checkpointing=checkpointing, optimizer=optimizer, loss_chunk_tokens=loss_chunk))
         except ModelError as exc:
             if mode is not None:
                 raise
@@ -141,7 +143,9 @@ def _card(gib: int | None) -> str:
 
 
 def _setting(p) -> str:  # a moeforge.extract.plan.DevicePlan
-    return (f"{p.model_type}, batch {p.batch} × seq {p.seq}, {'with' if p.checkpointing else 'without'} checkpointing, "
+    lean = (f", {p.optimizer_kind}" if p.optimizer_kind != "adamw" else "") + (f", loss in chunks of {p.loss_chunk_tokens}"
+                                                                                 if p.loss_chunk_tokens else "")
+    return (f"{p.model_type}, batch {p.batch} × seq {p.seq}, {'with' if p.checkpointing else 'without'} checkpointing{lean}, "
             f"{p.trainable_per_layer} trained experts per MoE layer split in {p.parts} part(s): {p.part_experts} on this miner")
 
 
@@ -167,7 +171,7 @@ def _print_plan(p) -> None:
     rows = [("embeddings and LM head", p.embeddings), ("attention", p.attention), ("dense-layer MLPs", p.dense_mlps),
             ("shared experts", p.shared_experts), ("routers", p.routers), ("norms and buffers", p.norms_buffers),
             (routed, p.routed_experts), ("trained experts: float32 master", p.master), ("their gradients (float32)", p.grads),
-            ("AdamW moments (float32)", p.optimizer),
+            (f"AdamW moments ({'8-bit, block-wise' if p.optimizer_kind == 'adamw_8bit' else 'float32'})", p.optimizer),
             (f"activations, {'with' if p.checkpointing else 'without'} checkpointing (estimate)", p.activations)]
     for kind, n in rows:
         table.add_row(kind, _gib(n), f"{n:,}")
@@ -179,8 +183,11 @@ def _print_plan(p) -> None:
         console.print(f"subset: {p.kept_per_layer} experts held per MoE layer (with the trained ones)")
     if p.host_experts:
         console.print(f"host memory holds the routed experts: {_gib(p.host_experts)} GiB")
-    console.print(f"{p.fraction_of_full:.3f} of an unpartitioned full-mode miner ({_gib(p.full_total)} GiB); "
-                  f"fits: {_card(p.card_gib)}")
+    console.print(f"{p.fraction_of_full:.3f} of full mode as built ({_gib(p.full_total)} GiB: unpartitioned, float32 AdamW, "
+                  f"the whole loss at once); fits: {_card(p.card_gib)}")
+    if (p.optimizer_kind, p.loss_chunk_tokens) != ("adamw", 0):
+        console.print(f"{p.fraction_of_full_same_training:.3f} of an unpartitioned full-mode miner with the same optimizer and "
+                      f"loss chunking ({_gib(p.full_total_same_training)} GiB)")
     _print_notes()
 
 

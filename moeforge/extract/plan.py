@@ -14,10 +14,13 @@ activations are an *estimate* from the formula in `activation_bytes`. DESIGN.md 
 
 `parts` splits the selected slots (trainable_per_layer × MoE layers) into balanced parts, one
 per miner; a plan is for the largest part, ceil(slots / parts). Per trained parameter the miner
-holds 16 bytes: the float32 master copy it trains (4), its float32 gradient (4) and AdamW's
-exp_avg and exp_avg_sq in float32 (8); in full, quantized and subset mode the model also keeps
-its own 16-bit copy of those experts (counted under routed experts), in offload it does not. The
-fraction is of an unpartitioned full-mode miner at the same batch, seq and checkpointing. A card "fits" when the total is at most its capacity in
+holds the float32 master copy it trains (4 bytes), its float32 gradient (4) and AdamW's exp_avg
+and exp_avg_sq: 8 bytes in float32, about 2 with `--optimizer adamw_8bit` (`moment_bytes`); in
+full, quantized and subset mode the model also keeps its own 16-bit copy of those experts
+(counted under routed experts), in offload it does not. `fraction_of_full` is of full mode as
+built (unpartitioned, float32 AdamW, the model's own loss) at the same batch, seq and
+checkpointing; `fraction_of_full_same_training` of an unpartitioned full-mode miner with this
+plan's optimizer and loss chunking too. A card "fits" when the total is at most its capacity in
 GiB; the CUDA context and allocator fragmentation are not counted.
 """
 
@@ -38,6 +41,7 @@ from moeforge.model.sizing import size_of_model
 CARDS_GIB = (16, 24, 48, 80)  # common accelerator memories
 ESFT_SHARE = 0.1  # default trainable share of a layer's experts: the middle of ESFT's 5–15% (DESIGN.md "ESFT, exactly")
 COVERAGE_SHARE = 0.5  # default subset: half the experts per layer (at least top_k), as a job's plan sizes it
+OPTIMIZERS = ("adamw", "adamw_8bit")  # TrainConfig.optimizer
 WORKING_LAYERS = 1  # offload: layers whose working sets are on the device at once (offload.py; nothing is fetched ahead)
 GIB = 2**30
 
@@ -70,7 +74,10 @@ class DevicePlan:
     # estimates (activation_bytes)
     activations_checkpointed: int
     activations_stored: int  # without checkpointing
-    full_total: int  # an unpartitioned full-mode miner at the same trainable count, batch, seq and checkpointing
+    full_total: int  # full mode as built: unpartitioned, float32 AdamW, the model's own loss; same experts, batch, seq, checkpointing
+    optimizer_kind: str = "adamw"
+    loss_chunk_tokens: int = 0
+    full_total_same_training: int = 0  # an unpartitioned full-mode miner with this plan's optimizer and loss chunking
 
     @property
     def non_expert(self) -> int:
@@ -97,26 +104,36 @@ class DevicePlan:
         return self.total / self.full_total
 
     @property
+    def fraction_of_full_same_training(self) -> float:
+        return self.total / self.full_total_same_training
+
+    @property
     def card_gib(self) -> int | None:
         """The smallest common card (GiB) the total fits on, or None if none does."""
         return next((gib for gib in CARDS_GIB if self.total <= gib * GIB), None)
 
     def to_json(self) -> dict:
-        derived = ("non_expert", "weights", "trainable_state", "activations", "total", "fraction_of_full", "card_gib")
+        derived = ("non_expert", "weights", "trainable_state", "activations", "total", "fraction_of_full",
+                   "fraction_of_full_same_training", "card_gib")
         return {**asdict(self), **{name: getattr(self, name) for name in derived}}
 
 
 def plan_device(config, mode: MinerMode, *, parts: int = 1, trainable_per_layer: int | None = None,
                 kept_per_layer: int | None = None, batch: int = 1, seq: int = 2048, checkpointing: bool = True,
-                dtype: torch.dtype = torch.bfloat16) -> DevicePlan:
+                optimizer: str = "adamw", loss_chunk_tokens: int = 0, dtype: torch.dtype = torch.bfloat16) -> DevicePlan:
     """The device plan of a miner of `mode` for `config`'s model, computed on the meta device.
 
     `trainable_per_layer` defaults to ESFT_SHARE of a layer's experts, `kept_per_layer` (subset)
     to COVERAGE_SHARE of them and at least top_k. A mode the family does not support (subset needs a
     softmax-then-top-k router, quantized a fused layout) raises ModelError, as building it would.
+    `optimizer` and `loss_chunk_tokens` are TrainConfig's.
     """
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r} is not a miner mode (modes: {', '.join(MODES)}).")
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
+    if loss_chunk_tokens < 0:
+        raise ConfigError(f"--loss-chunk {loss_chunk_tokens}: must be 0 (the whole loss at once) or more.")
     for flag, value in (("--parts", parts), ("--batch", batch), ("--seq", seq)):
         if value < 1:
             raise ConfigError(f"{flag} {value}: must be at least 1; pass {flag} 1 or more.")
@@ -135,7 +152,8 @@ def plan_device(config, mode: MinerMode, *, parts: int = 1, trainable_per_layer:
         raise ConfigError(f"--parts {parts} is more than the {len(slots)} selected experts to split "
                           f"(--trainable-per-layer {trainable_per_layer} × {len(layers)} MoE layers); pass at most {len(slots)}.")
     mine = slots[: math.ceil(len(slots) / parts)]  # the largest part of a balanced split
-    stored, checkpointed = activation_bytes(model, batch * seq, dtype)
+    stored, checkpointed = activation_bytes(model, batch * seq, dtype, loss_chunk_tokens)
+    as_built = activation_bytes(model, batch * seq, dtype)[1 if checkpointing else 0]
     full_weights = held_bytes(model)
     if mode != "subset":
         kept_per_layer = None
@@ -150,14 +168,27 @@ def plan_device(config, mode: MinerMode, *, parts: int = 1, trainable_per_layer:
         distinct = min(n_experts, batch * seq * top_k)  # the worst routing: every slot a different expert
         routed, host = min(WORKING_LAYERS, len(layers)) * distinct * size.bytes_per_expert, routed
     state = 4 * size.params_per_expert
-    full_total = full_weights + 16 * size.params_per_expert * len(slots) + (checkpointed if checkpointing else stored)
+    moments = moment_bytes(size.params_per_expert, optimizer)
+    activations = checkpointed if checkpointing else stored
+    full_total = full_weights + 16 * size.params_per_expert * len(slots) + as_built
+    same_training = full_weights + (2 * state + moments) * len(slots) + activations
     return DevicePlan(
         model_type=config.model_type, mode=mode, parts=parts, trainable_per_layer=trainable_per_layer,
         part_experts=len(mine), kept_per_layer=kept_per_layer, batch=batch, seq=seq, checkpointing=checkpointing, **kinds,
         routed_experts=routed, host_experts=host, master=state * len(mine), grads=state * len(mine),
-        optimizer=2 * state * len(mine), activations_checkpointed=checkpointed, activations_stored=stored,
-        full_total=full_total,
+        optimizer=moments * len(mine), activations_checkpointed=checkpointed, activations_stored=stored,
+        full_total=full_total, optimizer_kind=optimizer, loss_chunk_tokens=loss_chunk_tokens,
+        full_total_same_training=same_training,
     )
+
+
+def moment_bytes(params_per_expert: int, optimizer: str) -> int:
+    """AdamW's exp_avg + exp_avg_sq bytes for one expert: float32 (8 per value), or bitsandbytes' 8-bit block-wise
+    states (1 byte each per value plus a float32 scale per 256 values) for each of its three matrices."""
+    if optimizer == "adamw":
+        return 8 * params_per_expert
+    matrix = params_per_expert // 3
+    return 3 * (2 * matrix + 2 * 4 * math.ceil(matrix / 256))
 
 
 def bytes_by_kind(model) -> dict[str, int]:
@@ -190,7 +221,7 @@ def bytes_by_kind(model) -> dict[str, int]:
     return kinds
 
 
-def activation_bytes(model, tokens: int, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
+def activation_bytes(model, tokens: int, dtype: torch.dtype = torch.bfloat16, loss_chunk_tokens: int = 0) -> tuple[int, int]:
     """(without checkpointing, with per-decoder-layer checkpointing): an estimate, in bytes.
 
     For T = batch × seq tokens, activations of b bytes (the compute dtype) and, per decoder layer l,
@@ -199,7 +230,8 @@ def activation_bytes(model, tokens: int, dtype: torch.dtype = torch.bfloat16) ->
               + 2H (the layer input and the residual after attention, into the two norms)
               + top_k × (2H + 3I) in a MoE layer (each routed copy: input, gate|up 2I, act·up I, output H)
         plus 2E float32 router values (logits and probabilities) in a MoE layer;
-        logits = T × V × (b + 4 + 4) (the logits, their float32 copy, the log-softmax kept by the loss).
+        logits = T × V × (b + 4 + 4) (the logits, their float32 copy, the log-softmax kept by the loss),
+        for min(T, loss_chunk_tokens) positions instead of T with the chunked loss (model.loss.chunked_lm_loss).
     Without checkpointing every layer keeps its w_l: T × Σ_l layer_l + logits. With it, each layer
     keeps only its input, and one layer is recomputed at a time: T × L × H × b + T × max_l layer_l + logits.
     Attention is fused (SDPA or flash): no seq × seq score matrix is kept. The trainer checkpoints
@@ -224,7 +256,7 @@ def activation_bytes(model, tokens: int, dtype: torch.dtype = torch.bfloat16) ->
             values += layer.top_k * (2 * hidden + 3 * inter)
             router = 2 * layer.num_experts * 4
         per_layer.append(values * b + router)
-    logits = tokens * vocab * (b + 8)
+    logits = (min(tokens, loss_chunk_tokens) if loss_chunk_tokens else tokens) * vocab * (b + 8)
     stored = tokens * sum(per_layer) + logits
     checkpointed = tokens * len(per_layer) * hidden * b + tokens * max(per_layer) + logits
     return stored, checkpointed

@@ -5,8 +5,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from moeforge.errors import DataError
+from moeforge.errors import ConfigError, DataError
 
 
 @torch.no_grad()
@@ -42,6 +43,33 @@ def mean_token_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_
     if count == 0:
         raise DataError("no labelled tokens to evaluate (every label is -100).")
     return float(sums.sum()) / count
+
+
+def chunked_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """The training loss `model(input_ids, labels=labels).loss` is, without every position's logits at once.
+
+    Mean next-token cross-entropy over the labelled positions. The LM head and the cross-entropy run
+    on `chunk_tokens` positions at a time, each chunk recomputed in the backward pass, so a step
+    holds chunk × vocab logits instead of tokens × vocab (2 GiB at DeepSeek-V2-Lite's 102,400-token
+    vocabulary and 2,048 tokens). A model that adds its router's auxiliary loss to `.loss` is refused:
+    this loss would leave it out.
+    """
+    if chunk_tokens < 1:
+        raise ConfigError(f"loss_chunk_tokens {chunk_tokens}: must be at least 1 (or 0 for the model's own loss).")
+    if getattr(model.config, "output_router_logits", False):
+        raise ConfigError(f"{model.config.model_type}: output_router_logits adds the router's auxiliary loss to the model's "
+                          "loss, which the chunked loss leaves out; set loss_chunk_tokens 0.")
+    hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    target = labels[:, 1:].reshape(-1).to(flat.device)
+    head = model.get_output_embeddings()
+
+    def summed(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), t, ignore_index=-100, reduction="sum")
+
+    total = sum(checkpoint(summed, flat[i : i + chunk_tokens], target[i : i + chunk_tokens], use_reentrant=False)
+                for i in range(0, target.numel(), chunk_tokens))
+    return total / (target != -100).sum()
 
 
 def perplexity(loss: float) -> float:

@@ -50,14 +50,23 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
 
 
+SCALAR = "#scalar"  # a number the optimizer keeps outside a tensor, saved as a 0-d tensor
+
+
 def save_checkpoint(run_dir: Path, progress: Progress, params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
     """Write the checkpoint of `params` and `optimizer` at `progress.step`, atomically."""
-    tensors = {}
+    tensors, shared = {}, set()
     for i, p in enumerate(params):
         tensors[f"param.{i}"] = p.detach().cpu().contiguous()
         for name, value in optimizer.state.get(p, {}).items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optim.{i}.{name}"] = value.detach().cpu().contiguous()
+                value = value.detach().cpu().contiguous()
+                if value.untyped_storage().data_ptr() in shared:  # bitsandbytes shares its quantization maps
+                    value = value.clone()
+                shared.add(value.untyped_storage().data_ptr())
+                tensors[f"optim.{i}.{name}"] = value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):  # bitsandbytes counts steps in an int
+                tensors[f"optim.{i}.{name}{SCALAR}"] = torch.tensor(value, dtype=torch.int64 if isinstance(value, int) else torch.float64)
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for d, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -105,6 +114,7 @@ def restore_checkpoint(checkpoint: Checkpoint, params: list[nn.Parameter], optim
     for k, p in enumerate(order):
         i = index[id(p)]
         saved = {name.split(".", 2)[2]: v for name, v in t.items() if name.startswith(f"optim.{i}.")}
+        saved = {k.removesuffix(SCALAR): v.item() if k.endswith(SCALAR) else v for k, v in saved.items()}
         if saved:
             state["state"][k] = saved
     optimizer.load_state_dict(state)

@@ -32,6 +32,8 @@ class TrainConfig(BaseModel):
     bf16: Literal["auto", "on", "off"] = "auto"  # autocast to bfloat16; auto = on CUDA devices that support it
     checkpoint_every: int = Field(50, ge=0)  # steps between checkpoints when a run folder is given; 0 = never
     activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass instead of keeping its activations
+    loss_chunk_tokens: int = Field(0, ge=0)  # LM head + loss this many positions at a time (model.loss.chunked_lm_loss); 0: all at once
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"  # adamw_8bit: bitsandbytes' 8-bit block-wise AdamW states (the 'lean' extra)
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainConfig":

@@ -27,6 +27,8 @@ from torch import nn
 from moeforge.data.formatting import IGNORE_INDEX
 from moeforge.data.packing import Packed, row_order
 from moeforge.errors import ConfigError
+from moeforge.extras import require
+from moeforge.model.loss import chunked_lm_loss
 from moeforge.train.checkpoint import (
     Checkpoint,
     Progress,
@@ -190,7 +192,10 @@ def _train_step(model, params, optimizer, packed: Packed, rows, cfg: TrainConfig
         input_ids, labels = packed.input_ids[r].to(device), packed.labels[r].to(device)
         with memory.micro_batch():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = model(input_ids=input_ids, labels=labels, use_cache=False).loss
+                if cfg.loss_chunk_tokens:
+                    loss = chunked_lm_loss(model, input_ids, labels, cfg.loss_chunk_tokens)
+                else:
+                    loss = model(input_ids=input_ids, labels=labels, use_cache=False).loss
                 objective = loss
                 for term in terms:
                     value = term.compute()
@@ -213,12 +218,33 @@ def _train_step(model, params, optimizer, packed: Packed, rows, cfg: TrainConfig
     return mean_loss, grad_norm, {name: value / total for name, value in term_sums.items()}
 
 
-def _adamw(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (norm weights and biases are not decayed)."""
+def _adamw(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (norm weights and biases are not decayed).
+
+    `cfg.optimizer` "adamw_8bit": bitsandbytes' AdamW8bit, whose moments are 8-bit with a float32
+    scale per 256 values (about 2 bytes per parameter instead of 8); tensors under its 4,096-value
+    threshold keep 32-bit states, as bitsandbytes decides."""
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=BETAS)
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+              if g["params"]]
+    if cfg.optimizer == "adamw_8bit":
+        return _bitsandbytes().optim.AdamW8bit(groups, lr=cfg.lr, betas=BETAS)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=BETAS)
+
+
+def _bitsandbytes():
+    """bitsandbytes, imported quietly: its CPU backend warns about a 4-bit kernel moeforge does not use."""
+    import logging as logging_
+
+    quiet = logging_.getLogger("bitsandbytes.backends.cpu.ops")
+    level = quiet.level
+    quiet.setLevel(logging_.ERROR)
+    try:
+        (bnb,) = require("lean", "--optimizer adamw_8bit")
+    finally:
+        quiet.setLevel(level)
+    return bnb
 
 
 def _use_bf16(cfg: TrainConfig, device: torch.device) -> bool:

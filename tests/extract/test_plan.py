@@ -147,3 +147,26 @@ def test_bad_input_is_a_config_error_naming_the_flag(kwargs, flag):
 def test_a_mode_the_family_cannot_build_is_a_model_error():
     with pytest.raises(ModelError, match="softmax-then-top-k"):
         plan_device(shipped_config("deepseek-v3"), "subset")
+
+
+def test_8bit_moments_and_a_chunked_loss_shrink_the_plan_by_exactly_their_bytes():
+    config = shipped_config("deepseek-v2-lite")
+    size = size_of_model(_meta("deepseek-v2-lite"))
+    plain = plan_device(config, "offload", parts=4)
+    lean = plan_device(config, "offload", parts=4, optimizer="adamw_8bit", loss_chunk_tokens=256)
+    matrix = size.params_per_expert // 3  # gate, up, down: each 1408 × 2048
+    assert lean.optimizer == lean.part_experts * 3 * (2 * matrix + 8 * math.ceil(matrix / 256))
+    assert plain.optimizer == plain.part_experts * 8 * size.params_per_expert
+    vocab, b = config.vocab_size, 2
+    assert plain.activations - lean.activations == (2048 - 256) * vocab * (b + 8)
+    assert lean.full_total == plain.full_total  # full mode as built is the same yardstick
+    assert lean.full_total_same_training < lean.full_total  # like for like, full mode saves too
+    assert lean.fraction_of_full < lean.fraction_of_full_same_training < 1
+
+
+def test_an_unknown_optimizer_or_a_negative_chunk_is_refused():
+    config = shipped_config("deepseek-v2-lite")
+    with pytest.raises(ConfigError, match="--optimizer 'sgd'"):
+        plan_device(config, "full", optimizer="sgd")
+    with pytest.raises(ConfigError, match="--loss-chunk -1"):
+        plan_device(config, "full", loss_chunk_tokens=-1)

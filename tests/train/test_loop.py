@@ -256,3 +256,70 @@ def test_offload_mode_trains_the_same_delta_as_full_mode_bit_for_bit():
     offloaded, _ = train_experts(model, SLOTS, _packed(), _cfg(activation_checkpointing=True), base_fingerprint="fp")
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), offloaded.state_dict().values(), strict=True))
     assert full.num_params() > 0 and any(t.abs().sum() > 0 for t in offloaded.state_dict().values())
+
+
+def _wide_model():
+    """The tiny DeepSeek-V2 with experts of 4,096 values per matrix: bitsandbytes keeps smaller tensors in 32 bits."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.model.tiny import tiny_config
+
+    config = tiny_config("deepseek_v2")
+    config.moe_intermediate_size = 128
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_8bit_adamw_trains_with_a_quarter_of_the_moment_bytes():
+    packed = _packed()
+    _, plain = train_experts(_wide_model(), SLOTS, packed, _cfg(steps=8, weight_decay=0.0), base_fingerprint="fp")
+    _, lean = train_experts(_wide_model(), SLOTS, packed, _cfg(steps=8, weight_decay=0.0, optimizer="adamw_8bit"),
+                            base_fingerprint="fp")
+    moments = 8 * plain.trainable_params  # fp32 exp_avg and exp_avg_sq
+    assert plain.peak_mem_bytes - lean.peak_mem_bytes > 0.6 * moments  # 8-bit moments: ~2 bytes per parameter (+ tables), not 8
+    assert lean.history[-1].loss < lean.history[0].loss
+    assert abs(lean.final_loss - plain.final_loss) < 0.05 * plain.final_loss
+
+
+def test_an_8bit_adamw_run_resumes_bit_identically(tmp_path):
+    cfg = _cfg(steps=6, checkpoint_every=3, optimizer="adamw_8bit")
+    packed = _packed()
+    straight, _ = train_experts(_wide_model(), SLOTS, packed, cfg, base_fingerprint="fp", run_dir=tmp_path / "a")
+    model = _wide_model()
+    with pytest.raises(_Stop):
+        train_experts(model, SLOTS, packed, cfg, base_fingerprint="fp", run_dir=tmp_path / "b", on_step=_stop_at(4))
+    resumed, _ = train_experts(model, SLOTS, packed, cfg, base_fingerprint="fp", run_dir=tmp_path / "b")
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True))
+
+
+def test_8bit_adamw_without_its_extra_names_the_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # importing it raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'moeforge\[lean\]'"):
+        train_experts(tiny_model("deepseek_v2"), SLOTS, _packed(), _cfg(optimizer="adamw_8bit"), base_fingerprint="fp")
+
+
+def test_the_chunked_loss_is_the_models_loss_and_holds_fewer_activations():
+    from moeforge.model.loss import chunked_lm_loss
+
+    packed = _packed(masked=True)
+    model = tiny_model("qwen3_moe")
+    ids, labels = packed.input_ids[:4], packed.labels[:4]
+    torch.testing.assert_close(chunked_lm_loss(model, ids, labels, 7), model(input_ids=ids, labels=labels).loss, rtol=1e-6, atol=1e-6)
+    whole, whole_result = train_experts(tiny_model("qwen3_moe"), [ExpertSlot(0, 1), ExpertSlot(2, 3)], packed, _cfg(),
+                                        base_fingerprint="fp")
+    chunked, chunked_result = train_experts(tiny_model("qwen3_moe"), [ExpertSlot(0, 1), ExpertSlot(2, 3)], packed,
+                                            _cfg(loss_chunk_tokens=16), base_fingerprint="fp")
+    for a, b in zip(whole.state_dict().values(), chunked.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert chunked_result.peak_mem_bytes < whole_result.peak_mem_bytes  # the full logits are never saved
+
+
+def test_the_chunked_loss_refuses_a_model_that_adds_the_router_loss():
+    from moeforge.model.loss import chunked_lm_loss
+
+    model = tiny_model("mixtral")
+    model.config.output_router_logits = True
+    with pytest.raises(ConfigError, match="output_router_logits"):
+        chunked_lm_loss(model, _packed().input_ids[:2], _packed().labels[:2], 8)
