@@ -51,7 +51,7 @@ RESULTS = Path(__file__).parent / "results" / "miner_memory.json"
 MODELS = ("deepseek-v2-lite", "deepseek-v3", "qwen3-30b-a3b", "mixtral-8x7b")
 PARTS = (1, 2, 4, 8)
 TESTBED_MODES = ("full", "offload", "quantized")  # subset needs a coverage profile: bench/esft_pilot.py measures it
-QUICK = {"preset": "small", "profile_tokens": 4096, "steps": 4, "eval_tokens": 2048, "batch_size": 4}
+QUICK = {"preset": "small", "profile_tokens": 4096, "steps": 4, "eval_tokens": 2048, "batch_size": 4, "loss_chunk": 64}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-tokens", type=int, default=16_384)
+    parser.add_argument("--loss-chunk", type=int, default=256, help="positions per loss chunk in the lean runs and plans")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parse_args(parser, argv, QUICK)
     import torch
@@ -74,9 +75,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     plans = {name: _plans(shipped_config(name), args.plan_batch, args.plan_seq) for name in MODELS}
-    lite = plans["deepseek-v2-lite"]["offload"]["4"]
-    print(f"DeepSeek-V2-Lite, offload, 4 parts, {args.plan_batch}×{args.plan_seq}, checkpointing: "
-          f"{lite['device_bytes'] / 2**30:.2f} GiB = {lite['fraction_of_full']:.3f} of full, fits {lite['fits_gb']} GB", flush=True)
+    lean = {"optimizer": "adamw_8bit", "loss_chunk_tokens": args.loss_chunk}
+    plans_lean = {name: _plans(shipped_config(name), args.plan_batch, args.plan_seq, **lean) for name in MODELS}
+    for label, table in (("", plans), (f", adamw_8bit, loss in chunks of {args.loss_chunk}", plans_lean)):
+        lite = table["deepseek-v2-lite"]["offload"]["4"]
+        print(f"DeepSeek-V2-Lite, offload, 4 parts, {args.plan_batch}×{args.plan_seq}, checkpointing{label}: "
+              f"{lite['device_bytes'] / 2**30:.2f} GiB = {lite['fraction_of_full']:.3f} of full mode as built "
+              f"({lite['fraction_of_full_same_training']:.3f} like for like), fits {lite['fits_gb']} GB", flush=True)
 
     testbed = testbed_base(args.preset, args.testbed)
     model, tokenizer, seq_len = testbed.model, testbed.tokenizer, testbed.seq_len
@@ -90,13 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = TrainConfig(lr=args.lr, steps=args.steps, batch_size=args.batch_size, warmup_steps=2, weight_decay=0.0,
                       checkpoint_every=0, seed=0)
 
-    def trained(mode: str, checkpointing: bool, implementation: str | None = None):
+    def trained(setting: dict):
         miner = load_model(testbed.folder)
-        if implementation is not None:
-            miner.config._experts_implementation = implementation
-        reduce_for_mode(miner, mode, slots)
-        delta, result = train_experts(miner, slots, packed, cfg.model_copy(update={"activation_checkpointing": checkpointing}),
-                                      base_fingerprint=fingerprint)
+        if setting.get("experts_implementation"):
+            miner.config._experts_implementation = setting["experts_implementation"]
+        reduce_for_mode(miner, setting["mode"], slots)
+        training = {k: setting[k] for k in ("activation_checkpointing", "optimizer", "loss_chunk_tokens") if k in setting}
+        delta, result = train_experts(miner, slots, packed, cfg.model_copy(update=training), base_fingerprint=fingerprint)
         offloaded = [layer.experts for layer in moe_layers(miner) if isinstance(layer.experts, OffloadedExperts)]
         live = offloaded[0].meter.peak if offloaded else None  # the most expert bytes on the device at once
         return delta, statistics.median(h.tokens_per_s for h in result.history[2:] or result.history), live
@@ -108,19 +113,14 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             remove_delta(model, delta)
 
-    rows = {}
-    for mode in TESTBED_MODES:
-        for checkpointing in (False, True):
-            _, speed, fetched = trained(mode, checkpointing)
-            rows[f"{mode}{'+checkpointing' if checkpointing else ''}"] = {"mode": mode, "checkpointing": checkpointing,
-                                                                           "train_tokens_per_s": speed,
-                                                                           "peak_working_set_bytes": fetched}
-    for mode in ("full", "offload"):
-        rows[f"{mode}+eager"] = {"mode": mode, "checkpointing": False, "experts_implementation": "eager",
-                                 "train_tokens_per_s": trained(mode, False, "eager")[1], "peak_working_set_bytes": None}
+    rows = {key: {**setting, "activation_checkpointing": setting.get("activation_checkpointing", False)}
+            for key, setting in _settings(args.loss_chunk).items()}
+    trained(rows["full"])  # a warm-up run, not reported: the first run in a process pays one-time costs
+    for row in rows.values():
+        _, row["train_tokens_per_s"], row["peak_working_set_bytes"] = trained(row)
     torch.use_deterministic_algorithms(True)
     try:
-        deltas = {key: trained(row["mode"], row["checkpointing"])[0] for key, row in rows.items() if "experts_implementation" not in row}
+        deltas = {key: trained(row)[0] for key, row in rows.items() if not row.get("experts_implementation")}
     finally:
         torch.use_deterministic_algorithms(False)
     full_loss = loss_with(deltas["full"])
@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows[key]["domain_loss_gap"] = rows[key]["domain_loss"] - full_loss
         rows[key]["delta_equals_full"] = all(t.equal(reference[k]) for k, t in delta.state_dict().items())
     for key, row in rows.items():
-        row["tokens_per_s_vs_full"] = row["train_tokens_per_s"] / rows["full+checkpointing" if row["checkpointing"] else "full"]["train_tokens_per_s"]
-        print(f"{key:26s} {row['train_tokens_per_s']:9.0f} tok/s ({row['tokens_per_s_vs_full']:.2f}× full)"
+        like = "full+checkpointing" if row["activation_checkpointing"] else "full"
+        row["tokens_per_s_vs_full"] = row["train_tokens_per_s"] / rows[like]["train_tokens_per_s"]
+        print(f"{key:34s} {row['train_tokens_per_s']:9.0f} tok/s ({row['tokens_per_s_vs_full']:.2f}× {like})"
               + (f" · domain loss gap {row['domain_loss_gap']:+.2e}, delta {'=' if row['delta_equals_full'] else '≠'} full"
                  if "domain_loss_gap" in row else ""), flush=True)
     testbed_plan = plan_device(model.config, "offload", trainable_per_layer=max(len([s for s in slots if s.layer == l])
@@ -139,7 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
                                batch=args.batch_size, seq=seq_len, dtype=model.dtype)
     result = {
         "plans": plans,
+        "plans_lean": plans_lean,
         "plan_setting": {"batch": args.plan_batch, "seq": args.plan_seq, "checkpointing": True,
+                         "plans_lean": lean, "fraction_of_full": "of full mode as built: unpartitioned, float32 AdamW, "
+                                                                 "the whole loss at once",
                          "trainable_share": "a tenth of each layer's experts (ESFT-typical)", "parts": list(PARTS)},
         "testbed": rows,
         "testbed_setting": {"preset": args.preset, "slots": len(slots), "steps": args.steps, "batch_size": args.batch_size,
@@ -153,6 +157,21 @@ def main(argv: list[str] | None = None) -> dict:
     return run.write(args.out, result)
 
 
+def _settings(loss_chunk: int) -> dict[str, dict]:
+    """The testbed runs: each mode with and without checkpointing, the eager expert loop, and offload's lean options."""
+    out = {}
+    for mode in TESTBED_MODES:
+        out[mode] = {"mode": mode}
+        out[f"{mode}+checkpointing"] = {"mode": mode, "activation_checkpointing": True}
+    for mode in ("full", "offload"):
+        out[f"{mode}+eager"] = {"mode": mode, "experts_implementation": "eager"}
+    lean = {"mode": "offload", "activation_checkpointing": True}
+    out["offload+checkpointing+adamw_8bit"] = {**lean, "optimizer": "adamw_8bit"}
+    out["offload+checkpointing+chunked_loss"] = {**lean, "loss_chunk_tokens": loss_chunk}
+    out["offload+checkpointing+lean"] = {**lean, "optimizer": "adamw_8bit", "loss_chunk_tokens": loss_chunk}
+    return out
+
+
 def _gpu_figures(out: Path) -> dict:
     """The `gpu` figures `bench/gpu_check.py` wrote into `out` before (kept), or null with a note saying why."""
     import json
@@ -164,19 +183,21 @@ def _gpu_figures(out: Path) -> dict:
     return {"gpu": None, "gpu_note": "no GPU measured yet: bench/gpu_check.py measures the GPU figures on a CUDA machine"}
 
 
-def _plans(config, batch: int, seq: int) -> dict:
+def _plans(config, batch: int, seq: int, **training) -> dict:
     """mode → str(parts) → the plan's figures, or {"unavailable": why} for a mode the family cannot run."""
     out = {}
     for mode in MODES:
         try:
-            out[mode] = {str(p): _figures(plan_device(config, mode, parts=p, batch=batch, seq=seq, checkpointing=True)) for p in PARTS}
+            out[mode] = {str(p): _figures(plan_device(config, mode, parts=p, batch=batch, seq=seq, checkpointing=True, **training))
+                         for p in PARTS}
         except ModelError as exc:
             out[mode] = {"unavailable": str(exc)}
     return out
 
 
 def _figures(plan) -> dict:
-    return {"device_bytes": plan.total, "fraction_of_full": plan.fraction_of_full, "fits_gb": plan.card_gib,
+    return {"device_bytes": plan.total, "fraction_of_full": plan.fraction_of_full,
+            "fraction_of_full_same_training": plan.fraction_of_full_same_training, "fits_gb": plan.card_gib,
             "weights": plan.weights, "routed_experts": plan.routed_experts, "host_experts": plan.host_experts,
             "trainable_state": plan.trainable_state, "activations": plan.activations, "part_experts": plan.part_experts}
 

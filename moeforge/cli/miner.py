@@ -35,6 +35,10 @@ def run(
     checkpointing: Annotated[bool, typer.Option("--checkpointing/--no-checkpointing",
                                                 help="Recompute each decoder layer in the backward pass (less "
                                                      "activation memory, same delta).")] = False,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="AdamW states: adamw (float32) or adamw_8bit "
+                                                  "(bitsandbytes, the 'lean' extra); default: the job's.")] = None,
+    loss_chunk: Annotated[int, typer.Option("--loss-chunk", min=0, help="Positions the LM head and loss take at a time "
+                                            "(0: all at once).")] = 0,
     wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH,
     run: RunOpt = None,
     store: StoreOpt = None,
@@ -60,5 +64,6 @@ def run(
     with training_bar(f"miner {keypair.ss58_address[:10]} ({mode})", console) as on_step:
         ctx = RoleContext(chain_, store_, keypair, run_dir=run or default_run("miner", keypair.ss58_address),
                           metrics_port=metrics_port, fault=fault, device=device)
-        miner = Miner(ctx, job=job, mode=mode, checkpointing=checkpointing, on_step=on_step)
+        miner = Miner(ctx, job=job, mode=mode, checkpointing=checkpointing, optimizer=optimizer, loss_chunk_tokens=loss_chunk,
+                      on_step=on_step)
         run_miner(miner)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from moeforge.atomic import write_bytes
 from moeforge.chain.protocol import Chain, not_registered, wait_for_block
@@ -55,6 +56,7 @@ from moeforge.network.shards import miner_shard
 from moeforge.network.state import StateRef, base_state, fetch_state
 from moeforge.network.transport import pack, unpack
 from moeforge.store.protocol import sha256_hex
+from moeforge.train.config import TrainConfig
 from moeforge.train.esft import train_experts
 from moeforge.train.metrics import StepCallback, TrainResult
 
@@ -79,12 +81,20 @@ class Miner:
     """One miner hotkey working on one job."""
 
     def __init__(self, ctx: RoleContext, *, job: JobSpec, mode: MinerMode = "full", checkpointing: bool = False,
-                 on_step: StepCallback | None = None):
+                 optimizer: str | None = None, loss_chunk_tokens: int = 0, on_step: StepCallback | None = None):
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
         self.chain, self.store, self.keypair, self.job, self.mode = ctx.chain, ctx.store, ctx.keypair, job, mode
         self.hotkey = ctx.hotkey
-        self.checkpointing = checkpointing  # activation checkpointing: a memory choice; the delta is the same
+        # memory choices of this miner's own: activation checkpointing (the same delta), the loss in chunks (the same up to
+        # rounding), 8-bit AdamW states (another update, scored like any other); None: the job's optimizer
+        choices = {"activation_checkpointing": checkpointing, "loss_chunk_tokens": loss_chunk_tokens,
+                   **({"optimizer": optimizer} if optimizer is not None else {})}
+        try:
+            self.train_config = TrainConfig.model_validate({**job.miner_train_config().model_dump(), **choices})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"--optimizer/--loss-chunk: {problems}.") from None
         if self.chain.metagraph().by_hotkey(self.hotkey) is None:
             raise ChainError(not_registered(self.hotkey, self.chain.metagraph().netuid))
         self.run_dir = Path(ctx.run_dir) if ctx.run_dir is not None else None
@@ -108,7 +118,7 @@ class Miner:
         with self.observer.phase("train", timings):
             delta, result = train_experts(
                 model, slots, data,
-                self.job.miner_train_config().model_copy(update={"activation_checkpointing": self.checkpointing}),
+                self.train_config,
                 base_fingerprint=self.job.base_fingerprint, on_step=self._on_step,
             )
         del model

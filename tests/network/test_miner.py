@@ -167,3 +167,14 @@ def test_an_offload_miner_trains_the_full_miners_delta_bit_for_bit(tmp_path, job
     assert tensors[0].keys() == tensors[1].keys() and tensors[0]
     assert all(tensors[0][k].equal(tensors[1][k]) for k in tensors[0])
     assert any(t.abs().sum() > 0 for t in tensors[1].values())
+
+
+def test_a_miner_refuses_an_unknown_optimizer_before_any_work(tmp_path):
+    chain = LocalChain(tmp_path / "chain.sqlite", block_seconds=0)
+    chain.register(MINER.ss58_address)
+    with pytest.raises(ConfigError, match="optimizer"):
+        Miner(RoleContext(chain, LocalStore(tmp_path / "s"), MINER), job=JOB, optimizer="sgd")
+    miner = Miner(RoleContext(chain, LocalStore(tmp_path / "s"), MINER), job=JOB, optimizer="adamw_8bit", loss_chunk_tokens=64,
+                  checkpointing=True)
+    assert miner.train_config.optimizer == "adamw_8bit" and miner.train_config.loss_chunk_tokens == 64
+    assert miner.train_config.steps == JOB.inner_steps and miner.train_config.activation_checkpointing
