@@ -28,13 +28,13 @@ current stream, in order with the compute that needs them. Prefetching the backw
 experts (whose routing is known) on a side stream is not built.
 """
 
-import copy
 import weakref
 
 import torch
 from torch import nn
 
 from moeforge.errors import ModelError
+from moeforge.model.expert_call import call_with, weightless
 
 
 class WorkingSetMeter:
@@ -71,9 +71,7 @@ class OffloadedExperts(nn.Module):
                 host = [t.pin_memory() for t in host]
         # plain attributes, not buffers: .to(device) and state_dict leave them alone
         self.__dict__["_host"] = tuple(host)
-        template = copy.copy(experts)  # the class's forward and flags, without its weights
-        template.__dict__["_parameters"] = {}
-        self.__dict__["_template"] = template
+        self.__dict__["template"] = weightless(experts)  # the class's forward and flags, without its weights
         self.fetched_bytes = 0  # expert weights brought to the device so far (forward and backward), for the record
         self.largest_fetch_bytes = 0  # the largest working set of one call
 
@@ -94,14 +92,10 @@ class OffloadedExperts(nn.Module):
                              f"outside 0..{self.num_experts - 1}")
         local = torch.full((self.num_experts,), -1, dtype=top_k_index.dtype)
         local[ids] = torch.arange(len(ids), dtype=top_k_index.dtype)
-        working = self._template.__class__.__new__(self._template.__class__)
-        working.__dict__.update(self._template.__dict__)
-        working.__dict__["gate_up_proj"], working.__dict__["down_proj"] = self._fetch(ids, device)
-        working.__dict__["num_experts"] = len(ids)
-        buffers = {w.untyped_storage().data_ptr(): (i, ids) for i, w in
-                   enumerate((working.__dict__["gate_up_proj"], working.__dict__["down_proj"]))}
+        gate_up, down = self._fetch(ids, device)
+        buffers = {w.untyped_storage().data_ptr(): (i, ids) for i, w in enumerate((gate_up, down))}
         with torch.autograd.graph.saved_tensors_hooks(lambda t: self._pack(t, buffers), self._unpack):
-            return working(hidden_states, local.to(device)[top_k_index], top_k_weights)
+            return call_with(self.template, gate_up, down, hidden_states, local.to(device)[top_k_index], top_k_weights)
 
     def _fetch(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The experts `ids` of both weights, on `device`."""

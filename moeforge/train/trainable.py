@@ -8,7 +8,9 @@ frozen, and each MoE layer with selected experts gets a drop-in experts module:
 - the original fused module still computes every *unselected* expert: it is called with the
   router's own choices, the selected experts' gate weights set to 0, so they add nothing;
 - each selected expert is computed from new `nn.Parameter`s on exactly the tokens routed to it,
-  weighted by its gate weight, and added.
+  weighted by its gate weight, and added: stacked and run through the model class's own experts
+  forward (grouped matrix products where the config says `grouped_mm`, as transformers does for
+  every MoE layer) when the fused module has one, one expert at a time otherwise.
 
 The routing is untouched (ESFT trains under the base model's native routing), so the wrapped
 model computes the same function as the original until its new parameters move. For a 16-bit
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moeforge.errors import ConfigError, ModelError
+from moeforge.model.expert_call import call_with, can_call, weightless
 from moeforge.model.experts import ExpertSlot, ExpertWeights, find_layer, read_expert, write_expert
 from moeforge.model.families import FAMILIES, family_of
 from moeforge.model.slices import ExpertSlice
@@ -49,10 +52,28 @@ class SplitExperts(nn.Module):
         self.expert_ids = sorted(selected)
         self.register_buffer("_ids", torch.tensor(self.expert_ids, dtype=torch.long), persistent=False)
 
+    def _template(self) -> nn.Module | None:
+        """The fused module's class forward without weights, when it has one (transformers' or the offloaded experts');
+        None: compute the selected experts one by one (quantized and subset experts)."""
+        if can_call(self.fused):
+            return weightless(self.fused)
+        return getattr(self.fused, "template", None)
+
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         # hidden_states [T, H]; top_k_index, top_k_weights [T, k]
         chosen = torch.isin(top_k_index, self._ids.to(top_k_index.device))
         out = self.fused(hidden_states, top_k_index, top_k_weights.masked_fill(chosen, 0.0))
+        template = self._template()
+        if template is not None:  # the selected experts stacked, through the class's own (grouped) experts forward
+            dtype = hidden_states.dtype
+            gate_up = torch.stack([torch.cat([self.selected[f"{e}_gate"], self.selected[f"{e}_up"]]) for e in self.expert_ids])
+            down = torch.stack([self.selected[f"{e}_down"] for e in self.expert_ids])
+            local = torch.full((self.num_experts,), -1, dtype=top_k_index.dtype, device=top_k_index.device)
+            local[self._ids.to(local.device)] = torch.arange(len(self.expert_ids), dtype=local.dtype, device=local.device)
+            token, k_pos = torch.where(chosen)  # the (token, slot) pairs routed to a selected expert
+            own = call_with(template, gate_up.to(dtype), down.to(dtype), hidden_states[token],
+                            local[top_k_index[token, k_pos]].unsqueeze(1), top_k_weights[token, k_pos].unsqueeze(1))
+            return out.index_add(0, token, own.to(out.dtype))
         for e in self.expert_ids:
             token_idx, k_pos = torch.where(top_k_index == e)
             x = hidden_states[token_idx]  # [t, H]; empty when no token chose e (its grads are then 0)
