@@ -22,6 +22,7 @@ from moeforge.cli.endpoints import (
 )
 from moeforge.cli.inputs import DeviceOption
 from moeforge.cli.endpoints import MODES
+from moeforge.train.config import OPTIMIZERS
 
 app = typer.Typer(no_args_is_help=True, help="Mine: train the job's experts on your shard and submit deltas.")
 console = Console()
@@ -57,6 +58,8 @@ def run(
 
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
+    if optimizer is not None and optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}.")
     fault = settings.fault()
     keypair = hotkey_of(wallet, wallet_path)
     chain_, store_ = open_chain_url(chain), open_store_url(store)

@@ -17,6 +17,7 @@ from moeforge.cli.owner import (
     ExpertsOpt,
     InnerStepsOpt,
     LrOpt,
+    PartsOpt,
     RoundsOpt,
 )
 from moeforge.errors import ConfigError
@@ -56,6 +57,7 @@ def up(
     chain: Annotated[str | None, typer.Option("--chain", help="A local chain URL \\[default: a new chain in the run folder].")] = None,
     config: ConfigOpt = None,
     inner_steps: InnerStepsOpt = None,
+    parts: PartsOpt = None,
     lr: LrOpt = None,
     block_seconds: BlockSecondsOpt = None,
     train_blocks: TrainBlocksOpt = None,
@@ -71,7 +73,7 @@ def up(
         miners=miners, validators=validators, modes=modes, model=model, preset_name=preset_name, data=data,
         data_options={"prompt_field": prompt_field, "response_field": response_field, "text_field": text_field},
         run=run, store=store, chain=chain, config=config, metrics_port=metrics_port, device=device, experts=experts, keep=keep,
-        flags=dict(rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds, train_blocks=train_blocks,
+        flags=dict(rounds=rounds, inner_steps=inner_steps, parts=parts, lr=lr, block_seconds=block_seconds, train_blocks=train_blocks,
                    score_blocks=score_blocks),
     )
     from moeforge.cli.job_view import print_record

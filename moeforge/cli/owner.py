@@ -37,6 +37,8 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A JSON job req
 JobIdOpt = Annotated[str | None, typer.Option("--job-id", help="The job's name (letters, digits, . _ -).")]
 RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Rounds in the job \\[default: 3].")]
 InnerStepsOpt = Annotated[int | None, typer.Option("--inner-steps", help="H: optimizer steps a miner trains per round \\[default: 16].")]
+PartsOpt = Annotated[int | None, typer.Option("--parts", help="Split the selected experts into this many parts; each miner "
+                                              "trains the one assigned to it each round \\[default: 1].")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Miners' peak learning rate \\[default: 2e-3].")]
 BlockSecondsOpt = Annotated[float | None, typer.Option("--block-seconds", help="The chain's block time the schedule is sized for \\[default: 1].")]
 TrainBlocksOpt = Annotated[int | None, typer.Option("--train-blocks", help="Blocks in each round's train phase \\[default: 60].")]
@@ -121,14 +123,14 @@ def publish(
     wallet: WalletOpt, model: ModelOpt, data: DataOpt = "math", salt: SaltOpt = None,
     prompt_field: PromptFieldOpt = None, response_field: ResponseFieldOpt = None, text_field: TextFieldOpt = None,
     config: ConfigOpt = None, job_id: JobIdOpt = None, rounds: RoundsOpt = None, inner_steps: InnerStepsOpt = None,
-    lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
+    parts: PartsOpt = None, lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
     score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
     store: StoreOpt = None, chain: ChainOpt = None, device: DeviceOption = "auto", experts: ExpertsOpt = None,
     warm_start: WarmStartOpt = None, library: LibraryFlag = True, catalog: CatalogOpt = None, library_store: LibraryStoreOpt = None,
 ) -> None:
     """Select the experts, upload the train rows and initial state, and publish the job; print its digest."""
     owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-                   None, device, experts, library, catalog, library_store, warm_start=warm_start, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   None, device, experts, library, catalog, library_store, warm_start=warm_start, job_id=job_id, rounds=rounds, inner_steps=inner_steps, parts=parts, lr=lr, block_seconds=block_seconds,
                    train_blocks=train_blocks, score_blocks=score_blocks)
     digest, job = owner.publish()
     _print_job(digest, job)
@@ -139,7 +141,7 @@ def run(
     wallet: WalletOpt, model: ModelOpt, data: DataOpt = "math", salt: SaltOpt = None,
     prompt_field: PromptFieldOpt = None, response_field: ResponseFieldOpt = None, text_field: TextFieldOpt = None,
     config: ConfigOpt = None, job_id: JobIdOpt = None, rounds: RoundsOpt = None, inner_steps: InnerStepsOpt = None,
-    lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
+    parts: PartsOpt = None, lr: LrOpt = None, block_seconds: BlockSecondsOpt = None, train_blocks: TrainBlocksOpt = None,
     score_blocks: ScoreBlocksOpt = None, wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH, run: RunOpt = None,
     store: StoreOpt = None, chain: ChainOpt = None, metrics_port: MetricsPortOpt = None,
     device: DeviceOption = "auto", experts: ExpertsOpt = None, warm_start: WarmStartOpt = None, library: LibraryFlag = True,
@@ -151,7 +153,7 @@ def run(
     from moeforge.network.owner import run_owner
 
     owner = _owner(wallet, wallet_path, model, data, prompt_field, response_field, text_field, salt, config, run, store, chain,
-                   metrics_port, device, experts, library, catalog, library_store, warm_start=warm_start, job_id=job_id, rounds=rounds, inner_steps=inner_steps, lr=lr, block_seconds=block_seconds,
+                   metrics_port, device, experts, library, catalog, library_store, warm_start=warm_start, job_id=job_id, rounds=rounds, inner_steps=inner_steps, parts=parts, lr=lr, block_seconds=block_seconds,
                    train_blocks=train_blocks, score_blocks=score_blocks)
     with job_bar(f"job {owner.request.job_id}", console) as on_block:
         record = run_owner(owner, on_block=on_block)

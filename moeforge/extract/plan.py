@@ -37,11 +37,11 @@ from moeforge.extract.package import MODES, MinerMode, held_bytes, reduce_for_mo
 from moeforge.model.experts import ExpertSlot
 from moeforge.model.families import family_of, moe_layers
 from moeforge.model.sizing import size_of_model
+from moeforge.train.config import OPTIMIZERS
 
 CARDS_GIB = (16, 24, 48, 80)  # common accelerator memories
 ESFT_SHARE = 0.1  # default trainable share of a layer's experts: the middle of ESFT's 5–15% (DESIGN.md "ESFT, exactly")
 COVERAGE_SHARE = 0.5  # default subset: half the experts per layer (at least top_k), as a job's plan sizes it
-OPTIMIZERS = ("adamw", "adamw_8bit")  # TrainConfig.optimizer
 WORKING_LAYERS = 1  # offload: layers whose working sets are on the device at once (offload.py; nothing is fetched ahead)
 GIB = 2**30
 

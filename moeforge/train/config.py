@@ -9,11 +9,15 @@ barely moved it (4.43), 3e-3 reached 4.08 but wikitext rose to 4.40. For a real 
 """
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_STEPS = 200
+
+
+Optimizer = Literal["adamw", "adamw_8bit"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
 
 class TrainConfig(BaseModel):
@@ -33,7 +37,7 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(50, ge=0)  # steps between checkpoints when a run folder is given; 0 = never
     activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass instead of keeping its activations
     loss_chunk_tokens: int = Field(0, ge=0)  # LM head + loss this many positions at a time (model.loss.chunked_lm_loss); 0: all at once
-    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"  # adamw_8bit: bitsandbytes' 8-bit block-wise AdamW states (the 'lean' extra)
+    optimizer: Optimizer = "adamw"  # adamw_8bit: bitsandbytes' 8-bit block-wise AdamW states (the 'lean' extra)
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainConfig":

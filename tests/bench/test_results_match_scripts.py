@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 PROVENANCE = ("command", "git_commit", "git_dirty", "started_at", "wall_seconds", "machine")
 OUT_FLAG = {"esft_pilot": "--results", "testbed": "--results"}
 TESTBED_FLAG = {"esft_pilot": "--out", "testbed": "--out", "attacks": "--testbed", "decentral_vs_central": "--testbed",
-                "compounding": "--testbed", "service": "--testbed", "marketplace": "--testbed"}
+                "compounding": "--testbed", "service": "--testbed", "marketplace": "--testbed",
+                "miner_memory": "--testbed"}
 QUICK_EXTRA = {"decentral_vs_central": ["--preset", "small"]}
 SHARED_DATA = {"compounding": "CHAMP"}  # benches reading ../shared/data (CI has it beside the clone; a clone elsewhere not)
 BENCHES = sorted(p.stem for p in (BENCH / "results").glob("*.json"))

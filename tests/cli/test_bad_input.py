@@ -146,6 +146,7 @@ CASES = [
     ("owner-rounds", lambda f: _owner(f, "--rounds", "0"), ["--rounds 0"]),
     ("owner-flag-beats-file", lambda f: _owner(f, "--config", f.request_extra, "--rounds", "0"), ["--rounds 0", "roundz"]),
     ("owner-job-id", lambda f: _owner(f, "--job-id", "bad id!"), ["--job-id 'bad id!'"]),
+    ("owner-parts", lambda f: _owner(f, "--parts", "0"), ["--parts 0", "greater than or equal to 1"]),
     ("owner-run-is-a-file", lambda f: _owner(f, "--run", f.file), ["--run", "is a file"]),
     ("owner-wallet", lambda f: [*_owner(f), "--wallet", "ghost"], ["ghost", "no key file"]),
     ("owner-chain-scheme", lambda f: [*_owner(f), "--chain", "http://x"], ["http://x", "local:///"]),
@@ -153,6 +154,8 @@ CASES = [
     ("owner-metrics-port", lambda f: [*_owner(f)[:1], "run", *_owner(f)[2:], "--metrics-port", "70000"], ["--metrics-port"]),
     # miner, validator, network
     ("miner-mode", lambda f: ["miner", "run", "--wallet", "w", "--owner", "x", "--mode", "turbo"], ["--mode 'turbo'"]),
+    ("miner-optimizer", lambda f: ["miner", "run", "--wallet", "w", "--owner", "x", "--optimizer", "sgd"], ["--optimizer 'sgd'"]),
+    ("miner-loss-chunk", lambda f: ["miner", "run", "--wallet", "w", "--owner", "x", "--loss-chunk", "-1"], ["--loss-chunk"]),
     ("miner-run-is-a-file", lambda f: ["miner", "run", "--wallet", "w", "--owner", "x", "--run", f.file], ["--run"]),
     ("miner-timeout", lambda f: ["miner", "run", "--wallet", "w", "--owner", "x", "--job-timeout", "0"], ["--job-timeout"]),
     ("validator-salt", lambda f: ["validator", "run", "--wallet", "w", "--owner", "x"], ["--salt"]),
