@@ -13,7 +13,8 @@ Issue 15's benchmark; DESIGN.md "Miners' memory".
    same rows with deterministic kernels (`torch.use_deterministic_algorithms`: the CPU grouped-matmul
    backward is not deterministic otherwise, so two full-mode runs differ in the last bits);
    `delta_equals_full` says whether the delta is full mode's bit for bit. Also tokens/s of full and
-   offload mode with the eager expert loop instead of grouped matrix products.
+   offload mode with the eager expert loop instead of grouped matrix products, and offload with prefetch
+   (on CPU a pure overhead, an extra copy: it reports the guesses' hits and misses).
 3. `gpu`: what `bench/gpu_check.py` measured on a CUDA machine and wrote into this file (kept when this
    bench rewrites it), or null.
 
@@ -99,11 +100,14 @@ def main(argv: list[str] | None = None) -> dict:
         miner = load_model(testbed.folder)
         if setting.get("experts_implementation"):
             miner.config._experts_implementation = setting["experts_implementation"]
-        reduce_for_mode(miner, setting["mode"], slots)
+        reduce_for_mode(miner, setting["mode"], slots, prefetch=setting.get("prefetch", False))
         training = {k: setting[k] for k in ("activation_checkpointing", "optimizer", "loss_chunk_tokens") if k in setting}
         delta, result = train_experts(miner, slots, packed, cfg.model_copy(update=training), base_fingerprint=fingerprint)
         offloaded = [layer.experts for layer in moe_layers(miner) if isinstance(layer.experts, OffloadedExperts)]
         live = offloaded[0].meter.peak if offloaded else None  # the most expert bytes on the device at once
+        if setting.get("prefetch"):
+            p = offloaded[0].prefetcher
+            setting["prefetch_hits"], setting["prefetch_misses"] = p.hits, p.misses
         return delta, statistics.median(h.tokens_per_s for h in result.history[2:] or result.history), live
 
     def loss_with(delta) -> float:
@@ -135,9 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{key:34s} {row['train_tokens_per_s']:9.0f} tok/s ({row['tokens_per_s_vs_full']:.2f}× {like})"
               + (f" · domain loss gap {row['domain_loss_gap']:+.2e}, delta {'=' if row['delta_equals_full'] else '≠'} full"
                  if "domain_loss_gap" in row else ""), flush=True)
-    testbed_plan = plan_device(model.config, "offload", trainable_per_layer=max(len([s for s in slots if s.layer == l])
-                                                                               for l in {s.layer for s in slots}),
-                               batch=args.batch_size, seq=seq_len, dtype=model.dtype)
+    per_layer = max(sum(s.layer == layer for s in slots) for layer in {s.layer for s in slots})
+    testbed_plans = {ahead: plan_device(model.config, "offload", trainable_per_layer=per_layer, batch=args.batch_size, seq=seq_len,
+                                        dtype=model.dtype, prefetch=ahead) for ahead in (False, True)}
     result = {
         "plans": plans,
         "plans_lean": plans_lean,
@@ -148,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         "testbed": rows,
         "testbed_setting": {"preset": args.preset, "slots": len(slots), "steps": args.steps, "batch_size": args.batch_size,
                             "seq_len": seq_len, "selection": "ESFT-Token on GSM8K train",
-                            "planned_working_set_bytes": testbed_plan.routed_experts},
+                            "planned_working_set_bytes": testbed_plans[False].routed_experts,
+                            "planned_working_set_bytes_prefetch": testbed_plans[True].routed_experts},
         **_gpu_figures(args.out),
         "targets": {"v2_lite_offload_4_parts_fraction": 0.15, "offload_domain_loss_gap": 0.0, "offload_tokens_per_s_vs_full": 0.7,
                     "gpu_peak_within_plan": 0.10},
@@ -165,6 +170,7 @@ def _settings(loss_chunk: int) -> dict[str, dict]:
         out[f"{mode}+checkpointing"] = {"mode": mode, "activation_checkpointing": True}
     for mode in ("full", "offload"):
         out[f"{mode}+eager"] = {"mode": mode, "experts_implementation": "eager"}
+    out["offload+prefetch"] = {"mode": "offload", "prefetch": True}
     lean = {"mode": "offload", "activation_checkpointing": True}
     out["offload+checkpointing+adamw_8bit"] = {**lean, "optimizer": "adamw_8bit"}
     out["offload+checkpointing+chunked_loss"] = {**lean, "loss_chunk_tokens": loss_chunk}

@@ -40,6 +40,8 @@ def run(
                                                   "(bitsandbytes, the 'lean' extra); default: the job's.")] = None,
     loss_chunk: Annotated[int, typer.Option("--loss-chunk", min=0, help="Positions the LM head and loss take at a time "
                                             "(0: all at once).")] = 0,
+    prefetch: Annotated[bool, typer.Option("--prefetch", help="Offload mode: fetch the next layer's likely experts while "
+                                           "one computes (faster on CUDA, a second working set on the device).")] = False,
     wallet_path: WalletPathOpt = DEFAULT_WALLET_PATH,
     run: RunOpt = None,
     store: StoreOpt = None,
@@ -68,5 +70,5 @@ def run(
         ctx = RoleContext(chain_, store_, keypair, run_dir=run or default_run("miner", keypair.ss58_address),
                           metrics_port=metrics_port, fault=fault, device=device)
         miner = Miner(ctx, job=job, mode=mode, checkpointing=checkpointing, optimizer=optimizer, loss_chunk_tokens=loss_chunk,
-                      on_step=on_step)
+                      prefetch=prefetch, on_step=on_step)
         run_miner(miner)

@@ -61,6 +61,7 @@ def plan(
     checkpointing: bool = typer.Option(True, "--checkpointing/--no-checkpointing", help="Plan activations with per-layer gradient checkpointing."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="AdamW states: adamw (float32) or adamw_8bit (bitsandbytes)."),
     loss_chunk: int = typer.Option(0, "--loss-chunk", help="Positions the LM head and loss take at a time (0: all at once)."),
+    prefetch: bool = typer.Option(False, "--prefetch", help="Offload: count the next layer's prefetched working set too."),
     trainable_per_layer: int | None = typer.Option(None, "--trainable-per-layer", help="Experts trained per MoE layer (default: a tenth of them, ESFT-typical)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plans as JSON."),
 ) -> None:
@@ -76,7 +77,8 @@ def plan(
     for m in MODES if mode is None else (mode,):
         try:
             plans.append(plan_device(cfg, m, parts=parts, trainable_per_layer=trainable_per_layer, batch=batch, seq=seq,
-                                     checkpointing=checkpointing, optimizer=optimizer, loss_chunk_tokens=loss_chunk))
+                                     checkpointing=checkpointing, optimizer=optimizer, loss_chunk_tokens=loss_chunk,
+                                     prefetch=prefetch))
         except ModelError as exc:
             if mode is not None:
                 raise
@@ -167,7 +169,7 @@ def _print_plan(p) -> None:
     table = Table(title=f"{p.mode}: {_setting(p)}")
     for col in ("kind", "GiB", "bytes"):
         table.add_column(col, justify="left" if col == "kind" else "right")
-    routed = "routed experts: working set (worst routing, one layer)" if p.mode == "offload" else "routed experts (frozen, held)"
+    routed = f"routed experts: working set (worst routing, {'two layers, prefetch' if p.prefetch else 'one layer'})" if p.mode == "offload" else "routed experts (frozen, held)"
     rows = [("embeddings and LM head", p.embeddings), ("attention", p.attention), ("dense-layer MLPs", p.dense_mlps),
             ("shared experts", p.shared_experts), ("routers", p.routers), ("norms and buffers", p.norms_buffers),
             (routed, p.routed_experts), ("trained experts: float32 master", p.master), ("their gradients (float32)", p.grads),

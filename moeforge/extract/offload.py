@@ -22,10 +22,15 @@ fetches one weight of one layer at a time, so the device holds at most one layer
 (`WorkingSetMeter` counts it; a test asserts it). With gradient checkpointing the recomputed
 forward fetches its experts again in the same way.
 
+Copies from pinned memory are issued non-blocking, in order with the compute that needs them.
 The next layer's routing is not known while this one computes (its router needs this layer's
-output), so nothing is fetched ahead: copies from pinned memory are issued non-blocking on the
-current stream, in order with the compute that needs them. Prefetching the backward pass's
-experts (whose routing is known) on a side stream is not built.
+output), so with `prefetch` the next layer's working set is *guessed*: the experts it used on its
+previous call are fetched while this layer computes (on a side CUDA stream; on CPU at once, which
+only exercises the logic), and used when they cover what its router then chooses (a hit), else
+dropped and the chosen experts fetched (a miss; `Prefetcher` counts both). The answer is the same
+either way. Prefetching holds two layers' working sets at once instead of one; it runs in the
+forward pass only (a checkpointed layer recomputed in the backward pass, whose order is reversed,
+fetches nothing ahead).
 """
 
 import weakref
@@ -55,12 +60,56 @@ class WorkingSetMeter:
         self.live -= n
 
 
+class Prefetcher:
+    """The one pending guess of the next layer's working set, shared by a model's offloaded layers."""
+
+    def __init__(self):
+        self.pending = None  # (layer, ids, (gate_up, down), CUDA event or None)
+        self.stream = None  # the side CUDA stream the guesses are copied on
+        self.hits = 0
+        self.misses = 0
+
+    def start(self, layer: "OffloadedExperts", ids: torch.Tensor, device: torch.device) -> None:
+        self.pending = None  # one guess at a time: a stale one is dropped
+        if device.type != "cuda":
+            self.pending = (layer, ids, layer._fetch(ids, device), None)
+            return
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(self.stream):
+            weights = layer._fetch(ids, device)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self.pending = (layer, ids, weights, event)
+
+    def take(self, layer: "OffloadedExperts", needed: torch.Tensor, device: torch.device):
+        """(ids, weights) guessed for `layer` when they cover `needed`, else None (the guess is dropped)."""
+        if self.pending is None or self.pending[0] is not layer:
+            return None
+        _, ids, weights, event = self.pending
+        self.pending = None
+        if not set(needed.tolist()) <= set(ids.tolist()):
+            self.misses += 1
+            return None
+        if event is not None:
+            stream = torch.cuda.current_stream(device)
+            stream.wait_event(event)
+            for w in weights:
+                w.record_stream(stream)  # allocated on the side stream, used on this one
+        self.hits += 1
+        return ids, weights
+
+
 class OffloadedExperts(nn.Module):
     """A fused experts module whose frozen weights live in host memory (see the module docstring)."""
 
-    def __init__(self, experts: nn.Module, *, pin: bool | None = None, meter: WorkingSetMeter | None = None):
+    def __init__(self, experts: nn.Module, *, pin: bool | None = None, meter: WorkingSetMeter | None = None,
+                 prefetcher: Prefetcher | None = None):
         super().__init__()
         self.__dict__["meter"] = meter or WorkingSetMeter()  # shared by the model's layers (offload_experts)
+        self.__dict__["prefetcher"] = prefetcher  # None: nothing fetched ahead
+        self.__dict__["next_layer"] = None  # the offloaded layer after this one (offload_experts links them)
+        self._last_ids = None  # the experts this layer's last call chose: the next guess for it
         pin = torch.cuda.is_available() if pin is None else pin
         self.num_experts = experts.num_experts
         self.act_fn = experts.act_fn
@@ -90,12 +139,26 @@ class OffloadedExperts(nn.Module):
         if len(ids) and (int(ids[0]) < 0 or int(ids[-1]) >= self.num_experts):
             raise ModelError(f"routed to expert {int(ids[-1]) if int(ids[-1]) >= self.num_experts else int(ids[0])}, "
                              f"outside 0..{self.num_experts - 1}")
+        guessed = self.prefetcher.take(self, ids, device) if self.prefetcher is not None else None
+        needed = ids
+        if guessed is not None:
+            ids, (gate_up, down) = guessed  # a superset: the extra experts get no token
+        else:
+            gate_up, down = self._fetch(ids, device)
+        self._guess_next(device)
+        self._last_ids = needed
         local = torch.full((self.num_experts,), -1, dtype=top_k_index.dtype)
         local[ids] = torch.arange(len(ids), dtype=top_k_index.dtype)
-        gate_up, down = self._fetch(ids, device)
         buffers = {w.untyped_storage().data_ptr(): (i, ids) for i, w in enumerate((gate_up, down))}
         with torch.autograd.graph.saved_tensors_hooks(lambda t: self._pack(t, buffers), self._unpack):
             return call_with(self.template, gate_up, down, hidden_states, local.to(device)[top_k_index], top_k_weights)
+
+    def _guess_next(self, device: torch.device) -> None:
+        """Start fetching the next layer's previous experts; not while the backward pass recomputes a layer."""
+        later = self.next_layer
+        if self.prefetcher is None or later is None or later._last_ids is None or _in_backward():
+            return
+        self.prefetcher.start(later, later._last_ids, device)
 
     def _fetch(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The experts `ids` of both weights, on `device`."""
@@ -134,6 +197,11 @@ class _Refetch:
         self.which, self.ids, self.shape, self.stride, self.offset, self.device = which, ids, shape, stride, offset, device
 
 
+def _in_backward() -> bool:
+    """Whether autograd's engine is running this code (a checkpointed layer recomputed in the backward pass)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def _gather(host: torch.Tensor, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
     """host[ids] on `device`: one contiguous block, copied expert by expert (non-blocking from pinned memory)."""
     if device.type == "cpu":
@@ -151,16 +219,24 @@ def _extent(t: torch.Tensor) -> int:
     return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 
 
-def offload_experts(model, *, pin: bool | None = None) -> WorkingSetMeter:
-    """Keep every MoE layer's routed experts in host memory, in place (fused-layout families); → the layers' shared meter."""
+def offload_experts(model, *, pin: bool | None = None, prefetch: bool = False) -> WorkingSetMeter:
+    """Keep every MoE layer's routed experts in host memory, in place (fused-layout families); → the layers' shared meter.
+
+    `prefetch`: guess each next layer's working set while a layer computes (module docstring)."""
     from moeforge.model.families import family_of, moe_layers
 
     family = family_of(model.config)
     if family.layout != "fused":
         raise ModelError(f"offload mode supports fused-layout families; {model.config.model_type} is {family.layout}.")
     meter = next((l.experts.meter for l in moe_layers(model) if isinstance(l.experts, OffloadedExperts)), WorkingSetMeter())
+    prefetcher = Prefetcher() if prefetch else None
+    offloaded = []
     for layer in moe_layers(model):
         block = getattr(model.model.layers[layer.index], family.block)
         if not isinstance(block.experts, OffloadedExperts):
             block.experts = OffloadedExperts(layer.experts, pin=pin, meter=meter)
+        block.experts.__dict__["prefetcher"] = prefetcher
+        offloaded.append(block.experts)
+    for this, later in zip(offloaded, [*offloaded[1:], None]):
+        this.__dict__["next_layer"] = later
     return meter

@@ -42,10 +42,12 @@ class MemoryPlan:
         return self.bytes_held / self.full_bytes
 
 
-def reduce_for_mode(model, mode: MinerMode, trainable: list[ExpertSlot], kept: dict[int, list[int]] | None = None) -> None:
+def reduce_for_mode(model, mode: MinerMode, trainable: list[ExpertSlot], kept: dict[int, list[int]] | None = None, *,
+                    prefetch: bool = False) -> None:
     """Turn a full model into what a miner of `mode` holds, in place.
 
     `kept` (subset mode) lists the experts to hold per layer; the trainable experts are always added.
+    `prefetch` (offload mode): guess each next layer's experts while one computes (offload.py).
     """
     if mode not in MODES:
         raise ConfigError(f"unknown miner mode {mode!r} (modes: {', '.join(MODES)}).")
@@ -59,7 +61,7 @@ def reduce_for_mode(model, mode: MinerMode, trainable: list[ExpertSlot], kept: d
             raise ConfigError("subset mode needs the experts to keep per layer (a coverage selection).")
         restrict_to_subset(model, {l: sorted(set(kept.get(l, [])) | set(by_layer.get(l, []))) for l in kept})
     elif mode == "offload":
-        offload_experts(model)
+        offload_experts(model, prefetch=prefetch)
 
 
 def held_bytes(model) -> int:

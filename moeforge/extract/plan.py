@@ -10,7 +10,7 @@ activations are an *estimate* from the formula in `activation_bytes`. DESIGN.md 
   working set of the worst routing: the distinct experts one micro-batch can route to in one
   layer, min(E, batch × seq × top_k), for one layer: the offload mode frees what a layer fetched
   when the layer returns and fetches again, one weight at a time, in the backward pass (its
-  `WorkingSetMeter` measures this; a test asserts it).
+  `WorkingSetMeter` measures this; a test asserts it); for two with `prefetch`.
 
 `parts` splits the selected slots (trainable_per_layer × MoE layers) into balanced parts, one
 per miner; a plan is for the largest part, ceil(slots / parts). Per trained parameter the miner
@@ -42,7 +42,7 @@ from moeforge.train.config import OPTIMIZERS
 CARDS_GIB = (16, 24, 48, 80)  # common accelerator memories
 ESFT_SHARE = 0.1  # default trainable share of a layer's experts: the middle of ESFT's 5–15% (DESIGN.md "ESFT, exactly")
 COVERAGE_SHARE = 0.5  # default subset: half the experts per layer (at least top_k), as a job's plan sizes it
-WORKING_LAYERS = 1  # offload: layers whose working sets are on the device at once (offload.py; nothing is fetched ahead)
+WORKING_LAYERS = 1  # offload: layers whose working sets are on the device at once without prefetch (offload.py)
 GIB = 2**30
 
 
@@ -77,6 +77,7 @@ class DevicePlan:
     full_total: int  # full mode as built: unpartitioned, float32 AdamW, the model's own loss; same experts, batch, seq, checkpointing
     optimizer_kind: str = "adamw"
     loss_chunk_tokens: int = 0
+    prefetch: bool = False  # offload: the next layer's guessed working set counted too
     full_total_same_training: int = 0  # an unpartitioned full-mode miner with this plan's optimizer and loss chunking
 
     @property
@@ -120,13 +121,14 @@ class DevicePlan:
 
 def plan_device(config, mode: MinerMode, *, parts: int = 1, trainable_per_layer: int | None = None,
                 kept_per_layer: int | None = None, batch: int = 1, seq: int = 2048, checkpointing: bool = True,
-                optimizer: str = "adamw", loss_chunk_tokens: int = 0, dtype: torch.dtype = torch.bfloat16) -> DevicePlan:
+                optimizer: str = "adamw", loss_chunk_tokens: int = 0, prefetch: bool = False,
+                dtype: torch.dtype = torch.bfloat16) -> DevicePlan:
     """The device plan of a miner of `mode` for `config`'s model, computed on the meta device.
 
     `trainable_per_layer` defaults to ESFT_SHARE of a layer's experts, `kept_per_layer` (subset)
     to COVERAGE_SHARE of them and at least top_k. A mode the family does not support (subset needs a
     softmax-then-top-k router, quantized a fused layout) raises ModelError, as building it would.
-    `optimizer` and `loss_chunk_tokens` are TrainConfig's.
+    `optimizer` and `loss_chunk_tokens` are TrainConfig's; `prefetch` (offload) counts a second layer's working set.
     """
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r} is not a miner mode (modes: {', '.join(MODES)}).")
@@ -166,7 +168,7 @@ def plan_device(config, mode: MinerMode, *, parts: int = 1, trainable_per_layer:
     routed, host = kinds.pop("routed_experts"), 0
     if mode == "offload":
         distinct = min(n_experts, batch * seq * top_k)  # the worst routing: every slot a different expert
-        routed, host = min(WORKING_LAYERS, len(layers)) * distinct * size.bytes_per_expert, routed
+        routed, host = min(WORKING_LAYERS + prefetch, len(layers)) * distinct * size.bytes_per_expert, routed
     state = 4 * size.params_per_expert
     moments = moment_bytes(size.params_per_expert, optimizer)
     activations = checkpointed if checkpointing else stored
@@ -177,7 +179,7 @@ def plan_device(config, mode: MinerMode, *, parts: int = 1, trainable_per_layer:
         part_experts=len(mine), kept_per_layer=kept_per_layer, batch=batch, seq=seq, checkpointing=checkpointing, **kinds,
         routed_experts=routed, host_experts=host, master=state * len(mine), grads=state * len(mine),
         optimizer=moments * len(mine), activations_checkpointed=checkpointed, activations_stored=stored,
-        full_total=full_total, optimizer_kind=optimizer, loss_chunk_tokens=loss_chunk_tokens,
+        full_total=full_total, optimizer_kind=optimizer, loss_chunk_tokens=loss_chunk_tokens, prefetch=prefetch and mode == "offload",
         full_total_same_training=same_training,
     )
 

@@ -81,11 +81,13 @@ class Miner:
     """One miner hotkey working on one job."""
 
     def __init__(self, ctx: RoleContext, *, job: JobSpec, mode: MinerMode = "full", checkpointing: bool = False,
-                 optimizer: str | None = None, loss_chunk_tokens: int = 0, on_step: StepCallback | None = None):
+                 optimizer: str | None = None, loss_chunk_tokens: int = 0, prefetch: bool = False,
+                 on_step: StepCallback | None = None):
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: a miner runs in one of the memory modes {', '.join(MODES)}.")
         self.chain, self.store, self.keypair, self.job, self.mode = ctx.chain, ctx.store, ctx.keypair, job, mode
         self.hotkey = ctx.hotkey
+        self.prefetch = prefetch  # offload mode: guess the next layer's experts while one computes (a second working set)
         # memory choices of this miner's own: activation checkpointing (the same delta), the loss in chunks (the same up to
         # rounding), 8-bit AdamW states (another update, scored like any other); None: the job's optimizer
         choices = {"activation_checkpointing": checkpointing, "loss_chunk_tokens": loss_chunk_tokens,
@@ -274,7 +276,7 @@ class Miner:
         reference = extract_slice(model, self.job.slots, self.job.base_fingerprint)
         apply_slice(model, fetch_state(self.store, ref, job=self.job, reference=reference))
         kept = {layer: list(ids) for layer, ids in self.job.subset_experts.items()}
-        reduce_for_mode(model, self.mode, slots, kept)
+        reduce_for_mode(model, self.mode, slots, kept, prefetch=self.prefetch)
         return model.to(self.device)
 
 

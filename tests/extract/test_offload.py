@@ -127,3 +127,37 @@ def test_the_device_never_holds_more_than_one_layers_working_set(checkpointing):
     assert 0 < meter.peak <= one_layer
     assert meter.live == 0  # nothing left on the device after the step
     assert trainable.parameters()[0].grad is not None
+
+
+def test_prefetch_guesses_the_next_layers_experts_and_changes_nothing():
+    ids = torch.randint(3, 96, (3, 24), generator=torch.Generator().manual_seed(6))
+    full = _step(tiny_model("qwen3_moe"), ids, _slots(tiny_model("qwen3_moe")))
+    model = tiny_model("qwen3_moe")
+    meter = offload_experts(model, pin=False, prefetch=True)
+    layers = moe_layers(model)
+    prefetcher = layers[0].experts.prefetcher
+    first = _step(model, ids, _slots(model))  # nothing to guess from yet
+    assert prefetcher.hits == 0
+    second = _step(model, ids, _slots(model))  # the same rows: every guess covers the routing
+    assert prefetcher.hits == len(layers) - 1 and prefetcher.misses == 0
+    for got in (first, second):
+        assert torch.equal(full[0], got[0]) and all(torch.equal(a, b) for a, b in zip(full[1], got[1], strict=True))
+    other = torch.randint(3, 96, (1, 2), generator=torch.Generator().manual_seed(7))  # 2 tokens: a guess of more experts
+    with torch.no_grad():
+        model(input_ids=other)
+    one_layer = max(l.experts.largest_fetch_bytes for l in layers)
+    assert meter.peak <= 2 * one_layer  # the layer computing and the guess for the next
+
+
+def test_prefetch_fetches_nothing_ahead_in_a_checkpointed_backward_pass():
+    model = tiny_model("deepseek_v2")
+    offload_experts(model, pin=False, prefetch=True)
+    prefetcher = moe_layers(model)[0].experts.prefetcher
+    starts = []
+    real_start = prefetcher.start
+    prefetcher.start = lambda layer, ids, device: (starts.append(layer), real_start(layer, ids, device))
+    ids = torch.randint(3, 96, (2, 16), generator=torch.Generator().manual_seed(8))
+    _step(model, ids, _slots(model), checkpointing=True)
+    before = len(starts)
+    _step(model, ids, _slots(model), checkpointing=True)
+    assert len(starts) - before == len(moe_layers(model)) - 1  # one guess per forward layer boundary, none while recomputing

@@ -170,3 +170,10 @@ def test_an_unknown_optimizer_or_a_negative_chunk_is_refused():
         plan_device(config, "full", optimizer="sgd")
     with pytest.raises(ConfigError, match="--loss-chunk -1"):
         plan_device(config, "full", loss_chunk_tokens=-1)
+
+
+def test_prefetch_counts_a_second_layers_working_set():
+    config = shipped_config("deepseek-v2-lite")
+    plain, ahead = plan_device(config, "offload", parts=4), plan_device(config, "offload", parts=4, prefetch=True)
+    assert ahead.routed_experts == 2 * plain.routed_experts and ahead.total - plain.total == plain.routed_experts
+    assert ahead.prefetch and not plan_device(config, "full", prefetch=True).prefetch  # only offload fetches ahead
