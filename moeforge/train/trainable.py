@@ -51,28 +51,26 @@ class SplitExperts(nn.Module):
         )
         self.expert_ids = sorted(selected)
         self.register_buffer("_ids", torch.tensor(self.expert_ids, dtype=torch.long), persistent=False)
+        local = torch.full((self.num_experts,), -1, dtype=torch.long)
+        local[self._ids] = torch.arange(len(self.expert_ids))
+        self.register_buffer("_local", local, persistent=False)  # global expert id → its place among the selected
+        # the fused module's class forward without weights, when it has one (transformers' or the offloaded experts');
+        # None: the selected experts are computed one by one (quantized and subset experts). Not a submodule.
+        self.__dict__["template"] = weightless(fused) if can_call(fused) else getattr(fused, "template", None)
 
-    def _template(self) -> nn.Module | None:
-        """The fused module's class forward without weights, when it has one (transformers' or the offloaded experts');
-        None: compute the selected experts one by one (quantized and subset experts)."""
-        if can_call(self.fused):
-            return weightless(self.fused)
-        return getattr(self.fused, "template", None)
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         # hidden_states [T, H]; top_k_index, top_k_weights [T, k]
         chosen = torch.isin(top_k_index, self._ids.to(top_k_index.device))
         out = self.fused(hidden_states, top_k_index, top_k_weights.masked_fill(chosen, 0.0))
-        template = self._template()
-        if template is not None:  # the selected experts stacked, through the class's own (grouped) experts forward
+        if self.template is not None:  # the selected experts stacked, through the class's own (grouped) experts forward
             dtype = hidden_states.dtype
             gate_up = torch.stack([torch.cat([self.selected[f"{e}_gate"], self.selected[f"{e}_up"]]) for e in self.expert_ids])
             down = torch.stack([self.selected[f"{e}_down"] for e in self.expert_ids])
-            local = torch.full((self.num_experts,), -1, dtype=top_k_index.dtype, device=top_k_index.device)
-            local[self._ids.to(local.device)] = torch.arange(len(self.expert_ids), dtype=local.dtype, device=local.device)
             token, k_pos = torch.where(chosen)  # the (token, slot) pairs routed to a selected expert
-            own = call_with(template, gate_up.to(dtype), down.to(dtype), hidden_states[token],
-                            local[top_k_index[token, k_pos]].unsqueeze(1), top_k_weights[token, k_pos].unsqueeze(1))
+            local = self._local.to(top_k_index.device)[top_k_index[token, k_pos]].to(top_k_index.dtype)
+            own = call_with(self.template, gate_up.to(dtype), down.to(dtype), hidden_states[token],
+                            local.unsqueeze(1), top_k_weights[token, k_pos].unsqueeze(1))
             return out.index_add(0, token, own.to(out.dtype))
         for e in self.expert_ids:
             token_idx, k_pos = torch.where(top_k_index == e)
