@@ -95,6 +95,7 @@ def _register() -> None:
     app.add_typer(library.app, name="library")
     app.add_typer(bundle.app, name="bundle")
     app.add_typer(serve.usage_app, name="usage")
+    app.add_typer(serve.keys_app, name="serve-key")
     app.add_typer(service.app, name="service")
     app.add_typer(jobs.app, name="jobs")
     app.add_typer(market.app, name="market")

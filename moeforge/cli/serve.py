@@ -24,6 +24,9 @@ def serve(
                                                                         "$MOEFORGE_API_KEYS, comma-separated, else one made and printed].")] = None,
     routing: Annotated[str, typer.Option("--routing", help="exact (moeforge's runtime, from the full router rows) or "
                                                           "standard (the checkpoint as stock transformers runs it).")] = "exact",
+    keys: Annotated[Path | None, typer.Option("--keys", help="A keys file (`moeforge serve-key create`): its keys that "
+                                                           "have not expired or been revoked are accepted, read again as it "
+                                                           "changes.")] = None,
     ledger: Annotated[Path | None, typer.Option("--ledger", help="Folder of the usage ledger \\[default: $MOEFORGE_HOME/usage/NAME].")] = None,
     ledger_key: Annotated[Path | None, typer.Option("--ledger-key", help="EC private key signing the ledger \\[default: "
                                                                          "$MOEFORGE_HOME/keys/usage.pem, created on first use].")] = None,
@@ -36,7 +39,8 @@ def serve(
     """Serve the export on an OpenAI-compatible HTTP API, offline, metering usage per expert into a signed ledger."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    app, info = build_app(path, api_key, routing, ledger, ledger_key, max_prompt_tokens, max_tokens, max_batch, max_in_flight, device)
+    app, info = build_app(path, api_key, routing, ledger, ledger_key, max_prompt_tokens, max_tokens, max_batch, max_in_flight, device,
+                          keys_file=keys)
     import uvicorn
 
     console.print(f"serving {info['name']} ({info['routing']} routing) on http://{host}:{port}/v1 · ledger {info['ledger']}",
@@ -47,7 +51,7 @@ def serve(
 
 
 def build_app(path: Path, api_key, routing: str, ledger, ledger_key, max_prompt_tokens: int, max_tokens: int, max_batch: int,
-              max_in_flight: int, device: str):
+              max_in_flight: int, device: str, *, keys_file: Path | None = None):
     """(ASGI app, facts) for `serve`; also what the tests and the demo start in a thread."""
     from transformers import AutoTokenizer
 
@@ -59,12 +63,18 @@ def build_app(path: Path, api_key, routing: str, ledger, ledger_key, max_prompt_
     from moeforge.deploy.bundle import MODEL, SUMS, describe, generate_key, verify_bundle
     from moeforge.deploy.engine import Engine
     from moeforge.deploy.export import SIDECAR, load_exact
+    from moeforge.deploy.keys import Keys
     from moeforge.deploy.server import Limits, create_app
     from moeforge.deploy.usage import Ledger
     from moeforge.model.device import resolve_device
 
     if routing not in ("exact", "standard"):
         raise ConfigError(f"--routing {routing!r}: expected exact or standard.")
+    keys = list(api_key or [k for k in os.environ.get("MOEFORGE_API_KEYS", "").split(",") if k.strip()])
+    made = not keys and keys_file is None
+    if made:
+        keys = ["sk-moeforge-" + secrets.token_urlsafe(24)]
+    accepted = Keys(keys, keys_file)  # a bad keys file is refused before the model loads
     if (path / SUMS).is_file():  # a bundle: check it before serving a byte of it
         check = verify_bundle(path)
         if not check.ok:
@@ -82,17 +92,13 @@ def build_app(path: Path, api_key, routing: str, ledger, ledger_key, max_prompt_
         model, sidecar = load_model(path).to(target), read_sidecar(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     name = path.resolve().name if path.name != MODEL else path.resolve().parent.name
-    keys = list(api_key or [k for k in os.environ.get("MOEFORGE_API_KEYS", "").split(",") if k.strip()])
-    made = not keys
-    if made:
-        keys = ["sk-moeforge-" + secrets.token_urlsafe(24)]
     mapping = {(int(layer), e["id"]): (e["original"], e.get("entry")) for layer, experts in sidecar["layers"].items() for e in experts}
     ledger = ledger or settings.home() / "usage" / name
     key = ledger_key or default_key().with_name("usage.pem")
     if not key.is_file():
         generate_key(key)
     engine = Engine(model, tokenizer, max_batch=max_batch).start()
-    app = create_app(engine, model_name=name, keys=keys,
+    app = create_app(engine, model_name=name, keys=accepted,
                      limits=Limits(max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens, max_in_flight=max_in_flight),
                      ledger=Ledger(ledger, key, model=name, mapping=mapping))
     app.state.engine = engine
@@ -121,3 +127,50 @@ def report(
     if problems:
         raise typer.Exit(1)
     console.print("every record's chain link and signature verified", highlight=False)
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="The local server's API keys: made, listed and revoked in a keys file "
+                                                  "that `moeforge serve --keys` reads (only hashes are kept).")
+KeysOption = Annotated[Path, typer.Option("--keys", help="The keys file (made by the first `create`).")]
+
+
+@keys_app.command("create")
+def key_create(
+    keys: KeysOption,
+    name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
+    expires: Annotated[str | None, typer.Option("--expires", help="When it stops working: 30d, 12h, 90m, or an ISO date or "
+                                                                  "time (UTC) \\[default: never].")] = None,
+) -> None:
+    """Add a key to the keys file and print it once; a running server accepts it at its next request."""
+    from moeforge.deploy.keys import create_key
+
+    entry, key = create_key(keys, name, expires)
+    until = entry.expires_at.isoformat(timespec="seconds") if entry.expires_at else "never"
+    console.print(f"{entry.id} ({entry.name}), expires {until}; the key (shown once, keep it):", highlight=False)
+    print(key)
+
+
+@keys_app.command("ls")
+def key_ls(keys: KeysOption) -> None:
+    """The keys of the file: id, name, created, expires and state (active, expired or revoked); never the keys."""
+    from datetime import UTC, datetime
+
+    from moeforge.deploy.keys import read_keys
+
+    now = datetime.now(UTC)
+    table = Table(title=str(keys))
+    for column in ("id", "name", "created", "expires", "state"):
+        table.add_column(column)
+    for e in read_keys(keys).keys:
+        table.add_row(e.id, e.name, e.created_at.isoformat(timespec="seconds"),
+                      e.expires_at.isoformat(timespec="seconds") if e.expires_at else "never", e.state(now))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def key_revoke(keys: KeysOption, key_id: Annotated[str, typer.Argument(help="The key's id (key-…), as `ls` shows it.")]) -> None:
+    """Revoke a key; a running server refuses it from its next request."""
+    from moeforge.deploy.keys import revoke_key
+
+    entry = revoke_key(keys, key_id)
+    console.print(f"{entry.id} ({entry.name}) revoked at {entry.revoked_at.isoformat(timespec='seconds')}", highlight=False)

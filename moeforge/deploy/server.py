@@ -7,7 +7,6 @@ are loaded from local files (HF_HUB_OFFLINE is set by `moeforge serve`).
 """
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -15,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 from moeforge.deploy.engine import Engine, Request, Result
+from moeforge.deploy.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ class ApiError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
 
-def create_app(engine: Engine, *, model_name: str, keys: list[str], limits: Limits = Limits(), ledger=None):
-    """The ASGI app; `keys`: accepted API keys (Bearer tokens); `ledger`: a usage.Ledger or None."""
+def create_app(engine: Engine, *, model_name: str, keys: Keys, limits: Limits = Limits(), ledger=None):
+    """The ASGI app; `keys`: the API keys it accepts (Bearer tokens); `ledger`: a usage.Ledger or None."""
     from fastapi import FastAPI, Request as HttpRequest
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -66,9 +66,9 @@ def create_app(engine: Engine, *, model_name: str, keys: list[str], limits: Limi
     def authorise(request: HttpRequest) -> None:
         header = request.headers.get("authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not token or not any(hmac.compare_digest(token, k) for k in keys):
-            raise ApiError(401, "missing or invalid API key (send Authorization: Bearer <key>)", type="authentication_error",
-                           code="invalid_api_key")
+        verdict = keys.check(token)
+        if not verdict.ok:
+            raise ApiError(401, verdict.message, type="authentication_error", code=verdict.code)
 
     async def body(request: HttpRequest) -> dict:
         try:

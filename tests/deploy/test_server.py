@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx2 as httpx
 import pytest
@@ -32,24 +33,31 @@ def export(small_testbed, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def server(export, tmp_path_factory):
+@contextmanager
+def serving(app):
+    """The app on a free loopback port in a thread; → its base URL. Stops the server and the app's engine after."""
     import uvicorn
 
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: srv.started, timeout_s=60, what="the server")
+        yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+        app.state.engine.close()
+
+
+@pytest.fixture(scope="module")
+def server(export, tmp_path_factory):
     from moeforge.cli.serve import build_app
 
     tmp = tmp_path_factory.mktemp("ledger")
     app, info = build_app(export, [KEY], "exact", tmp / "ledger", tmp / "usage.pem", 64, 24, 16, 64, "cpu")
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_until(lambda: srv.started, timeout_s=60, what="the server")
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", "name": info["name"], "app": app, "ledger": tmp / "ledger", "pub": tmp / "usage.pub"}
-    srv.should_exit = True
-    thread.join(timeout=30)
-    app.state.engine.close()
+    with serving(app) as url:
+        yield {"url": url, "name": info["name"], "app": app, "ledger": tmp / "ledger", "pub": tmp / "usage.pub"}
 
 
 @pytest.fixture
@@ -250,3 +258,53 @@ def test_health_and_prometheus_metrics_count_what_was_served(server, client):
     served = [line for line in text.splitlines() if line.startswith('moeforge_serve_requests_total{endpoint="completions"')]
     assert served and sum(float(line.split()[-1]) for line in served) >= 1
     assert "moeforge_serve_tokens_total" in text and "moeforge_serve_time_to_first_token_seconds_count" in text
+
+
+def test_keys_from_a_keys_file_expire_and_revoke_while_it_runs_and_requests_past_the_in_flight_limit_get_429(export, tmp_path):
+    """A server on a keys file (no restart between changes): a key made later is accepted, a revoked one and one past
+    its expiry are refused with their own codes; with one request in flight allowed, a second one gets a 429 in
+    OpenAI's shape while the first is generated, and the next one after it is served."""
+    from datetime import UTC, datetime, timedelta
+
+    from moeforge.cli.serve import build_app
+    from moeforge.deploy.keys import create_key, read_keys, revoke_key, write_keys
+
+    keys = tmp_path / "keys.json"
+    first, first_key = create_key(keys, "first")
+    app, info = build_app(export, [], "exact", tmp_path / "ledger", tmp_path / "k.pem", 64, 24, 4, 1, "cpu", keys_file=keys)
+    assert not info["made_key"]
+    with serving(app) as url:
+        def models(key):
+            return httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+
+        assert models(first_key).status_code == 200
+        second, second_key = create_key(keys, "second", "1h")
+        assert models(second_key).status_code == 200
+        revoke_key(keys, first.id)
+        refused = models(first_key)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "revoked_api_key", refused.text
+        file = read_keys(keys)
+        file.keys[1].expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        write_keys(keys, file)
+        expired = models(second_key)
+        assert expired.status_code == 401 and expired.json()["error"]["code"] == "expired_api_key", expired.text
+        assert models("sk-moeforge-never-made").json()["error"]["code"] == "invalid_api_key"
+
+        third, key = create_key(keys, "third")
+        auth = {"Authorization": f"Bearer {key}"}
+        body = {"model": info["name"], "prompt": "Question: 1+2?\nAnswer:", "max_tokens": 4}
+        engine, gate = app.state.engine, threading.Event()
+        generate = engine._generate
+        engine._generate = lambda batch: (gate.wait(60), generate(batch))  # the first request is held in the engine
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(httpx.post, f"{url}/v1/completions", headers=auth, json=body, timeout=60)
+            wait_until(lambda: httpx.get(f"{url}/health").json()["in_flight"] == 1, timeout_s=60, what="the first request in flight")
+            busy = httpx.post(f"{url}/v1/completions", headers=auth, json=body)
+            assert busy.status_code == 429, busy.text
+            assert busy.json()["error"]["type"] == "rate_limit_error" and set(busy.json()["error"]) == {"message", "type", "param", "code"}
+            gate.set()
+            assert held.result().status_code == 200
+        assert httpx.post(f"{url}/v1/completions", headers=auth, json=body).status_code == 200  # its slot is free again
+        text = httpx.get(f"{url}/metrics").text
+        assert any(line.startswith('moeforge_serve_requests_total{endpoint="completions",outcome="rejected"} 1')
+                   for line in text.splitlines()), text
