@@ -3,7 +3,7 @@
 The service runs on the embedded defaults (`moeforge service up`, harness/centre.py) on the testbed,
 and a maths job is kept training on its local network throughout (a second job waits queued, and a
 new one is created whenever fewer than two are left unfinished). Then, for each N in --clients, N
-concurrent API clients (one httpx connection each, asyncio, loopback only) loop for --seconds over
+concurrent API clients (one keep-alive aiohttp connection each, asyncio, loopback only) loop for --seconds over
 
     jobs.list    GET /v1/fine_tuning/jobs
     jobs.show    GET /v1/fine_tuning/jobs/{id}         (the job that is running)
@@ -11,12 +11,15 @@ concurrent API clients (one httpx connection each, asyncio, loopback only) loop 
     files.list   GET /v1/files
 
 and record each request's latency (after a warm-up of 5 requests per endpoint, not measured); a
-request fails if it raises or answers other than 2xx. During the largest level one more client
+request fails if it raises or answers other than 2xx. The clients share the 2 cores with the service and the job,
+so they should cost little: aiohttp takes about a tenth of the CPU per request that httpx takes here, whose own
+event loop was the larger part of the tail at 64 clients (--client httpx measures with it instead). During the largest level one more client
 uploads a --upload-mib JSONL file (POST /v1/files, multipart, streamed from disk), and after the
 levels the same upload runs alone. While each upload runs, the
-API process's RSS (it runs uvicorn in-process; the worker is another process) is sampled every
-20 ms, and its VmHWM is reset just before (/proc/PID/clear_refs 5) and read after, so the peak is
-exact even between samples.
+API processes' RSS (`service up` and the uvicorn processes it starts with --api-workers; the job
+worker is another process) is sampled every 20 ms, and their VmHWM is reset just before
+(/proc/PID/clear_refs 5) and read after, so the peak is exact even between samples; the growth is
+that of the process whose peak grew most (the one that took the upload).
 
 Targets (issue): reads p99 ≤ 200 ms at the largest N (64) with a job training beside them; zero failed
 requests; upload peak RSS − baseline ≤ 2 × chunk (ServiceSettings.chunk_bytes) + UPLOAD_CONSTANT_BYTES.
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--miners", type=int, default=2)
     parser.add_argument("--validators", type=int, default=1)
     parser.add_argument("--job-wait", type=float, default=600.0, help="seconds to wait for the first job to be running")
+    parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp", help="the load generator's HTTP client")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parse_args(parser, argv, QUICK)
     levels = sorted({int(n) for n in args.clients.split(",") if n.strip()})
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
                       "jobs.events": "GET /v1/fine_tuning/jobs/{id}/events", "files.list": "GET /v1/files",
                       "files.upload": "POST /v1/files (multipart, streamed from disk)"},
         "service": {"miners": args.miners, "validators": args.validators, "started_in_s": round(started_s, 1),
-                    "job_rounds": args.rounds, "job_records": args.records},
+                    "job_rounds": args.rounds, "job_records": args.records, **figures.pop("service")},
+        "client": {"library": args.client, "connections_per_client": 1},
         **figures,
         "machine": {"loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
     }
@@ -120,7 +125,7 @@ class Bench:
         self.svc, self.tmp, self.args = svc, tmp, args
         self.headers = {"Authorization": f"Bearer {svc.key}"}
         self.http = httpx.Client(base_url=svc.url, headers=self.headers, timeout=60)
-        self.api = psutil.Process(svc.proc.pid)  # the API process: uvicorn runs in it; the worker is its child
+        self.up = psutil.Process(svc.proc.pid)  # `service up`: it runs uvicorn, or the uvicorn processes; the worker is its child
         self.training_file = None
         self.target_job = None  # the job the show/events clients read: the one running
         self.jobs_created: list[str] = []
@@ -190,6 +195,7 @@ class Bench:
         upload_bytes = write_upload(upload_file, self.args.upload_mib * 1024 * 1024)
         chunk = self._chunk_bytes()
         warm = self.warm_up()
+        api = self.api_processes()
         latency = {e: {} for e in (*READS, "files.upload")}
         failures = {"total": 0, "by_endpoint": {}, "examples": []}
         per_level, uploads = {}, {}
@@ -221,6 +227,8 @@ class Bench:
                 failures["examples"].append(up["error"])
         peak_growth = max(u["peak_minus_baseline_bytes"] for u in uploads.values())
         return {
+            "service": {"api_processes": len(api), "settings": {k: v for k, v in self._settings().items()
+                                                                if k in ("api_workers", "api_threads", "worker_nice")}},
             "latency_ms": latency,
             "failed_requests": failures["total"],
             "failures": failures,
@@ -252,9 +260,19 @@ class Bench:
         r = self.http.get(f"/v1/files/{file_id}")
         return r.json()["status"] if r.status_code == 200 else f"HTTP {r.status_code}"
 
+    def _settings(self) -> dict:
+        return json.loads((self.svc.root / "home" / "service" / "settings.json").read_text())
+
     def _chunk_bytes(self) -> int:
-        settings = json.loads((self.svc.root / "home" / "service" / "settings.json").read_text())
-        return int(settings["chunk_bytes"])
+        return int(self._settings()["chunk_bytes"])
+
+    def api_processes(self) -> list[psutil.Process]:
+        """`service up` and the uvicorn processes it started (multiprocessing's spawned children), not the worker."""
+        children = [c for c in self.up.children() if "spawn_main" in " ".join(c.cmdline())]
+        return [self.up, *children]
+
+    def worker(self) -> psutil.Process:
+        return next(c for c in self.up.children() if "worker" in c.cmdline())
 
     async def level(self, n: int, upload: "UploadRun | None") -> dict:
         latency = {e: [] for e in READS}
@@ -263,14 +281,14 @@ class Bench:
         errors: list[str] = []
         monitor = {"samples": 0, "running": 0, "jobs": set(), "failed": 0}
         me = psutil.Process()
-        cpu = {"api": self.api.cpu_times(), "worker_tree": _tree_cpu(self.api), "bench": me.cpu_times()}
+        api, worker = self.api_processes(), self.worker()
+        cpu = {"api": _cpu(api), "worker_tree": _cpu([worker, *worker.children(recursive=True)]), "bench": _cpu([me])}
         psutil.cpu_percent(None)
         t_start = time.monotonic()
         deadline = t_start + self.args.seconds
 
         async def client(i: int):
-            async with httpx.AsyncClient(base_url=self.svc.url, headers=self.headers, timeout=30,
-                                         limits=httpx.Limits(max_connections=1)) as http:
+            async with Client(self.args.client, self.svc.url, self.headers) as http:
                 k = i
                 while time.monotonic() < deadline:
                     endpoint = READS[k % len(READS)]
@@ -279,12 +297,8 @@ class Bench:
                     path = {"jobs.list": "/v1/fine_tuning/jobs", "jobs.show": f"/v1/fine_tuning/jobs/{job}",
                             "jobs.events": f"/v1/fine_tuning/jobs/{job}/events", "files.list": "/v1/files"}[endpoint]
                     t0 = time.perf_counter()
-                    try:
-                        r = await http.get(path)
-                        ok = 200 <= r.status_code < 300
-                        why = f"{endpoint}: {r.status_code} {r.text[:200]}"
-                    except httpx.HTTPError as exc:
-                        ok, why = False, f"{endpoint}: {type(exc).__name__}: {exc}"
+                    ok, why = await http.get(path)
+                    why = f"{endpoint}: {why}"
                     dt = time.perf_counter() - t0
                     if ok:
                         latency[endpoint].append(dt)
@@ -331,9 +345,9 @@ class Bench:
             "jobs_running_seen": sorted(monitor["jobs"]),
             "monitor_failures": monitor["failed"],
             "cpu_percent_machine": psutil.cpu_percent(None),
-            "cpu_s_api_process": round(sum(self.api.cpu_times()[:2]) - sum(cpu["api"][:2]), 2),
-            "cpu_s_worker_and_roles": round(_tree_cpu(self.api) - cpu["worker_tree"], 2),
-            "cpu_s_bench_clients": round(sum(me.cpu_times()[:2]) - sum(cpu["bench"][:2]), 2),
+            "cpu_s_api_processes": round(_cpu(api) - cpu["api"], 2),
+            "cpu_s_worker_and_roles": round(_cpu([worker, *worker.children(recursive=True)]) - cpu["worker_tree"], 2),
+            "cpu_s_bench_clients": round(_cpu([me]) - cpu["bench"], 2),
             "loadavg_1m_after": round(os.getloadavg()[0], 2),
         }
         failed["monitor"] = monitor["failed"]
@@ -341,11 +355,13 @@ class Bench:
 
 
 class UploadRun:
-    """One streamed upload in a thread, with the API process's RSS sampled every SAMPLE_S and its VmHWM reset before."""
+    """One streamed upload in a thread, with the API processes' RSS sampled every SAMPLE_S and their VmHWM reset before;
+    the figures are those of the process whose peak grew most."""
 
     def __init__(self, bench: Bench, path: Path):
         self.bench, self.path = bench, path
-        self.samples: list[int] = []
+        self.procs = bench.api_processes()
+        self.samples: list[list[int]] = []  # per sample, each process's RSS
         self.done = threading.Event()
         self.result: dict = {}
         self.thread = threading.Thread(target=self._run, daemon=True, name="upload")
@@ -356,17 +372,16 @@ class UploadRun:
     def join(self) -> None:
         self.thread.join()
 
-    def _rss(self) -> int:
-        return self.bench.api.memory_info().rss
+    def _rss(self) -> list[int]:
+        return [p.memory_info().rss for p in self.procs]
 
     def _run(self) -> None:
-        pid = self.bench.api.pid
         before = []
-        for _ in range(10):  # the baseline: the process as it is just before the upload (other clients included)
+        for _ in range(10):  # the baseline: the processes as they are just before the upload (other clients included)
             before.append(self._rss())
             time.sleep(SAMPLE_S)
-        baseline = int(np.median(before))
-        hwm_reset = _reset_hwm(pid)
+        baselines = [int(b) for b in np.median(np.array(before), axis=0)]
+        hwm_reset = all([_reset_hwm(p.pid) for p in self.procs])
         sampler = threading.Thread(target=self._sample, daemon=True, name="rss-sampler")
         sampler.start()
         t0 = self.started = time.perf_counter()
@@ -385,13 +400,17 @@ class UploadRun:
         seconds = self.ended - t0
         self.done.set()
         sampler.join()
-        hwm = _hwm_bytes(pid) if hwm_reset else None
-        peak = max([*self.samples, *([hwm] if hwm else [])])
+        hwms = [_hwm_bytes(p.pid) if hwm_reset else None for p in self.procs]
+        peaks = [max([*(s[i] for s in self.samples), *([hwms[i]] if hwms[i] else [])]) for i in range(len(self.procs))]
+        took = max(range(len(self.procs)), key=lambda i: peaks[i] - baselines[i])  # the process that took the upload
+        baseline, peak, hwm = baselines[took], peaks[took], hwms[took]
         self.result = {
             "ok": ok, "error": error, "seconds": seconds, "file_id": body.get("id"), "bytes": body.get("bytes"),
             "mib_per_s": round(self.path.stat().st_size / 2**20 / seconds, 1),
             "baseline_rss_bytes": baseline, "peak_rss_bytes": peak, "peak_minus_baseline_bytes": peak - baseline,
-            "sampled_peak_rss_bytes": max(self.samples), "samples": len(self.samples),
+            "sampled_peak_rss_bytes": max(s[took] for s in self.samples), "samples": len(self.samples),
+            "api_process": {"index": took, "of": len(self.procs),
+                            "peak_minus_baseline_bytes_each": [p - b for p, b in zip(peaks, baselines)]},
             "largest_sample_gap_ms": round(self._gap * 1000, 1), "vmhwm_bytes": hwm, "vmhwm_reset": hwm_reset,
         }
 
@@ -435,14 +454,53 @@ def _hwm_bytes(pid: int) -> int | None:
     return int(m.group(1)) * 1024 if m else None
 
 
-def _tree_cpu(proc: psutil.Process) -> float:
+def _cpu(procs: list[psutil.Process]) -> float:
+    """The CPU seconds (user + system, their waited-for children's included) of the processes still alive."""
     total = 0.0
-    for child in proc.children(recursive=True):
+    for proc in procs:
         try:
-            total += sum(child.cpu_times()[:4])
+            total += sum(proc.cpu_times()[:4])
         except psutil.Error:
             pass
     return total
+
+
+class Client:
+    """One load-generating client: a single keep-alive connection; `get(path)` → (ok, what it got)."""
+
+    def __init__(self, library: str, url: str, headers: dict):
+        self.library, self.url, self.headers = library, url, headers
+
+    async def __aenter__(self):
+        if self.library == "aiohttp":
+            import aiohttp
+
+            self.http = aiohttp.ClientSession(self.url, headers=self.headers, timeout=aiohttp.ClientTimeout(total=30),
+                                              connector=aiohttp.TCPConnector(limit=1))
+        else:
+            self.http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=30,
+                                          limits=httpx.Limits(max_connections=1))
+        await self.http.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.http.__aexit__(*exc)
+
+    async def get(self, path: str) -> tuple[bool, str]:
+        if self.library == "aiohttp":
+            import aiohttp
+
+            try:
+                async with self.http.get(path) as r:
+                    body = await r.read()
+                    return 200 <= r.status < 300, f"{r.status} {body[:200]!r}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return False, f"{type(exc).__name__}: {exc}"
+        try:
+            r = await self.http.get(path)
+            return 200 <= r.status_code < 300, f"{r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
 
 
 def write_upload(path: Path, size: int) -> int:

@@ -1,5 +1,6 @@
 """`moeforge service up|tenant|key`: the Customization Centre on this machine, and its tenants and keys."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -27,7 +28,8 @@ WORKER_RESTARTS = 5
 
 
 def resolve_settings(home: Path | None, database: str | None, preset_name: str = "default", miners: int = 3,
-                     validators: int = 2, device: str = "cpu", max_upload_mib: int = 512, model: Path | None = None):
+                     validators: int = 2, device: str = "cpu", max_upload_mib: int = 512, model: Path | None = None,
+                     worker_nice: int = 10, api_workers: int = 1):
     """The settings `service up` runs on: the embedded defaults, the testbed of `preset_name` (or the checkpoint
     `model`, with the job settings of that preset) as the one base."""
     from moeforge.cli import settings
@@ -47,7 +49,8 @@ def resolve_settings(home: Path | None, database: str | None, preset_name: str =
     return ServiceSettings(home=home, database=database or settings.catalog_url(), store=(home / "store").as_uri(),
                            library_store=settings.library_store_url(), bases={name: str(base)},
                            job_defaults={name: JOB_DEFAULTS.get(preset_name, {})}, miners=miners, validators=validators,
-                           device=device, max_upload_bytes=max_upload_mib * MIB)
+                           device=device, max_upload_bytes=max_upload_mib * MIB, worker_nice=worker_nice,
+                           api_workers=api_workers)
 
 
 @app.command()
@@ -63,6 +66,10 @@ def up(
     model: Annotated[Path | None, typer.Option("--model", help="A base checkpoint folder instead of the testbed (the "
                                                 "--preset's job settings apply).")] = None,
     device: DeviceOption = "cpu",
+    worker_nice: Annotated[int, typer.Option("--worker-nice", min=0, max=19, help="Niceness of the worker and the jobs' "
+                                             "roles: the API answers first, jobs train on the CPU left.")] = 10,
+    api_workers: Annotated[int | None, typer.Option("--api-workers", min=1, max=16, help="API processes serving the port "
+                                                    "\\[default: 2 on a machine with 2 or more cores, else 1].")] = None,
 ) -> None:
     """Start the Centre: the API and web UI on HOST:PORT, and its worker process, on the embedded defaults."""
     from moeforge.extras import require
@@ -77,7 +84,8 @@ def up(
     from moeforge.service.db import Database
     from moeforge.service.settings import write_settings
 
-    cfg = resolve_settings(home, database, preset_name, miners, validators, device, max_upload_mib, model)
+    cfg = resolve_settings(home, database, preset_name, miners, validators, device, max_upload_mib, model, worker_nice,
+                           api_workers or min(2, os.cpu_count() or 1))
     path = write_settings(cfg)
     db = Database(cfg.database)
     if _no_tenant(db):
@@ -86,8 +94,13 @@ def up(
                       soft_wrap=True)
     log = open(cfg.home / "worker.log", "ab")
     command = [sys.executable, "-m", "moeforge", "service", "worker", "--settings", str(path)]
+
+    def lowered():  # in the worker before exec: its niceness (its roles inherit it), and it dies with this process
+        os.nice(cfg.worker_nice)
+        die_with_parent()
+
     worker = {"proc": subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       preexec_fn=die_with_parent), "restarts": 0}
+                                       preexec_fn=lowered), "restarts": 0}
     stop = threading.Event()
 
     def supervise():  # a worker that dies is started again: the database tells it where every job was
@@ -97,13 +110,26 @@ def up(
                 worker["restarts"] += 1
                 console.print(f"the worker exited ({code}); starting it again (see {cfg.home / 'worker.log'})", highlight=False)
                 worker["proc"] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                  preexec_fn=die_with_parent)
+                                                  preexec_fn=lowered)
 
     threading.Thread(target=supervise, daemon=True, name="worker-supervisor").start()
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host=host, port=port, log_level="warning"))
-    threading.Thread(target=_announce, args=(server, host, cfg), daemon=True).start()
     try:
-        server.run()
+        if cfg.api_workers == 1:
+            server = uvicorn.Server(uvicorn.Config(create_app(cfg), host=host, port=port, log_level="warning"))
+            threading.Thread(target=_announce, args=(server, host, cfg), daemon=True).start()
+            server.run()
+        else:  # several API processes accept on one socket, bound here; it queues connections until they are up
+            from uvicorn.supervisors import Multiprocess
+
+            from moeforge.service.app import SETTINGS_ENV
+
+            os.environ[SETTINGS_ENV] = str(path)
+            config = uvicorn.Config("moeforge.service.app:from_environment", factory=True, host=host, port=port,
+                                    workers=cfg.api_workers, log_level="warning")
+            sock = config.bind_socket()
+            sock.listen(config.backlog)  # connections wait in the backlog until an API process accepts them
+            _say_up(host, sock.getsockname()[1], cfg)
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         stop.set()
         worker["proc"].terminate()
@@ -116,7 +142,10 @@ def up(
 def _announce(server, host: str, cfg) -> None:
     while not server.started:
         time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    _say_up(host, server.servers[0].sockets[0].getsockname()[1], cfg)
+
+
+def _say_up(host: str, port: int, cfg) -> None:
     console.print(f"the Customization Centre is up: http://{host}:{port}/ (web UI), http://{host}:{port}/v1 (API, the "
                   f"OpenAI client's base_url); base model {cfg.default_base}; database {cfg.database}; worker log "
                   f"{cfg.home / 'worker.log'}", highlight=False, soft_wrap=True)

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 CONNECT_TIMEOUT_S = 5
+# Connections a process keeps open: at least as many as it holds sessions at once (the Centre's API thread pool, see
+# ServiceSettings.api_threads, holds one per thread), so a busy process reuses them instead of opening and closing one
+# per session (for SQLite, that is a file open and two pragmas each time).
+POOL_SIZE = 16
 FORMS = ("sqlite:///absolute/path/catalog.sqlite", "postgresql://user:password@host:5432/database")
 
 
@@ -215,7 +219,7 @@ def open_catalog(url: str, *, migrate: bool | None = None) -> Catalog:
         if path == url or not path.startswith("/"):
             raise ConfigError(f"catalog URL {url!r}: expected sqlite:///absolute/path (three slashes then the path).")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record):  # many readers beside one writer; wait, don't fail, on a busy file
@@ -225,7 +229,8 @@ def open_catalog(url: str, *, migrate: bool | None = None) -> Catalog:
         require("postgres", f"the PostgreSQL catalog {shown_url(url)!r}")
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
         try:
-            engine = create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}, pool_pre_ping=True)
+            engine = create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}, pool_pre_ping=True,
+                                   pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
         except ArgumentError as exc:
             raise ConfigError(f"catalog URL {shown_url(url)!r}: {exc}.") from None
     else:

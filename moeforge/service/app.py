@@ -1,5 +1,6 @@
 """create_app(settings) → the Centre's FastAPI app: the JSON API (routes/), its limits, and the static web UI."""
 
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -10,6 +11,7 @@ from moeforge.service.errors import install as install_errors
 from moeforge.service.settings import ServiceSettings
 
 STATIC = Path(__file__).with_name("static")
+SETTINGS_ENV = "MOEFORGE_SERVICE_SETTINGS"  # the settings file of `service up --api-workers N`'s API processes
 UPLOAD_PATH = "/v1/files"
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file part
 
@@ -53,7 +55,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     from moeforge.service.routes import earnings, exports, files, jobs, keys, market, models
     from moeforge.store.open import open_store
 
-    app = FastAPI(title="moeforge Customization Centre", version="1", docs_url="/docs", redoc_url=None)
+    @asynccontextmanager
+    async def lifespan(_app):
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        yield
+
+    app = FastAPI(title="moeforge Customization Centre", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.settings = settings
     app.state.db = Database(settings.database)
     app.state.store = open_store(settings.store)
@@ -91,3 +100,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     app.add_middleware(BodyLimit, settings=settings)
     return app
+
+
+def from_environment() -> FastAPI:
+    """The app of one of the API processes `service up` starts when it runs more than one: on the settings file it
+    wrote, named in $MOEFORGE_SERVICE_SETTINGS. The process dies with `service up` (PR_SET_PDEATHSIG)."""
+    import os
+
+    from moeforge.network.local import die_with_parent
+    from moeforge.service.settings import read_settings
+
+    die_with_parent()
+    return create_app(read_settings(Path(os.environ[SETTINGS_ENV])))

@@ -28,6 +28,12 @@ class ServiceSettings(BaseModel):
     chunk_bytes: int = Field(1 * MIB, ge=4096)
     max_rounds: int = Field(20, ge=1)
     poll_s: float = Field(0.5, gt=0)  # how often the worker looks for work
+    # threads the API runs its routes' database work in: more than the cores only adds switching under the GIL
+    # (the database pool keeps library.catalog.POOL_SIZE connections, one per thread at least)
+    api_threads: int = Field(4, ge=1, le=16)
+    api_workers: int = Field(1, ge=1, le=16)  # API processes on the one port (each with its own threads)
+    # the niceness of the worker and of the network roles it starts: the API answers first, a job trains on what is left
+    worker_nice: int = Field(10, ge=0, le=19)
     subnet_owner: str = "default"  # the tenant that lists shared-library entries and is paid as their owner
 
     @property

@@ -1,7 +1,10 @@
-"""The Centre killed with SIGKILL mid-job and started again: the job is picked up and finishes; a cut upload leaves nothing."""
+"""The Centre killed with SIGKILL mid-job and started again: the job is picked up and finishes; a cut upload leaves nothing;
+no process of the killed Centre (its API processes, worker and roles) outlives it."""
 
+import os
 import socket
 
+import psutil
 import pytest
 
 from harness.centre import centre, wait_for
@@ -21,8 +24,16 @@ def test_a_running_job_survives_kill_9_of_the_service_and_a_cut_off_upload_is_ne
         wait_for(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data),
                  240, "the job's first round")
         assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
+        up = psutil.Process(c.proc.pid)
+        api = [p for p in up.children() if "spawn_main" in " ".join(p.cmdline())]
+        worker = next(p for p in up.children() if "worker" in p.cmdline())
+        roles = worker.children(recursive=True)
+        assert len(api) == (2 if os.cpu_count() >= 2 else 0) and up.nice() == 0 and all(p.nice() == 0 for p in api)
+        assert worker.nice() == 10 and roles and all(p.nice() == 10 for p in roles)  # the job trains below the API
         _cut_upload(c)
         c.kill()
+        gone, alive = psutil.wait_procs([*api, worker, *roles], timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]
     finally:
         c.stop()
     c = c.start()  # the same home and database
