@@ -107,8 +107,17 @@ def revoke_key(db: Database, key_id: str, tenant_id: str | None = None) -> bool:
 
 
 def authenticate(db: Database, header: str | None) -> Caller:
-    from moeforge.service.schema import KeyRow
+    key = _parse(header)
+    with db.session() as s:
+        return _caller(s, key)
 
+
+def check_key(session, header: str | None, scope: str) -> Caller:
+    """The caller of `header`, looked up in an open session, who must hold `scope` (401 / 403 otherwise)."""
+    return _scoped(_caller(session, _parse(header)), scope)
+
+
+def _parse(header: str | None) -> re.Match:
     if not header:
         raise APIError(401, "no API key: send the header `Authorization: Bearer <key>`", param="Authorization",
                        code="missing_api_key")
@@ -117,23 +126,30 @@ def authenticate(db: Database, header: str | None) -> Caller:
     if match is None:
         raise APIError(401, "malformed API key: expected `Authorization: Bearer mfk_…`", param="Authorization",
                        code="invalid_api_key")
-    with db.session() as s:
-        row = s.get(KeyRow, f"key-{match.group(1)}")
-    if row is None or not hmac.compare_digest(row.secret_sha256, _hash(key.strip())):
+    return match
+
+
+def _caller(session, key: re.Match) -> Caller:
+    from moeforge.service.schema import KeyRow
+
+    row = session.get(KeyRow, f"key-{key.group(1)}")
+    if row is None or not hmac.compare_digest(row.secret_sha256, _hash(key.group(0))):
         raise APIError(401, "unknown or wrong API key", param="Authorization", code="invalid_api_key")
     if row.revoked_at is not None:
         raise APIError(401, "this API key was revoked", param="Authorization", code="revoked_api_key")
     return Caller(row.tenant_id, row.id, frozenset(row.scopes.split(",")))
 
 
+def _scoped(caller: Caller, scope: str) -> Caller:
+    if scope not in caller.scopes:
+        raise APIError(403, f"this key lacks the {scope!r} scope (it has {', '.join(sorted(caller.scopes))})",
+                       code="insufficient_scope")
+    return caller
+
+
 def requires(scope: str):
     """A FastAPI dependency: the caller, who must hold `scope`."""
     def dependency(request: Request) -> Caller:
-        caller = authenticate(request.app.state.db, request.headers.get("authorization"))
-        request.state.caller = caller
-        if scope not in caller.scopes:
-            raise APIError(403, f"this key lacks the {scope!r} scope (it has {', '.join(sorted(caller.scopes))})",
-                           code="insufficient_scope")
-        return caller
+        return _scoped(authenticate(request.app.state.db, request.headers.get("authorization")), scope)
 
     return dependency

@@ -1,8 +1,9 @@
 """What every router shares: the database and settings of the app, audit lines, and list pages."""
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
-from moeforge.service.auth import Caller
+from moeforge.service.auth import Caller, check_key
 from moeforge.service.db import Database, now
 from moeforge.service.errors import APIError
 
@@ -38,3 +39,18 @@ def check_limit(limit: int) -> int:
     if not 1 <= limit <= MAX_PAGE:
         raise APIError(400, f"limit {limit}: expected 1 to {MAX_PAGE}", param="limit")
     return limit
+
+
+async def read(request: Request, work) -> JSONResponse:
+    """A read that clients poll, in one hop off the event loop: the key check (scope `read`) and `work(session,
+    caller)` in one database session on one worker thread; what `work` returns (plain JSON values) is sent as it is.
+    A route with `Depends(requires(…))` takes two hops and two sessions, the key check's and its own."""
+    from starlette.concurrency import run_in_threadpool
+
+    header = request.headers.get("authorization")
+
+    def run():
+        with db(request).session() as s:
+            return work(s, check_key(s, header, "read"))
+
+    return JSONResponse(await run_in_threadpool(run))

@@ -7,7 +7,7 @@ from starlette.requests import ClientDisconnect
 from moeforge.service.auth import Caller, requires
 from moeforge.service.db import loads, new_id, now, stamp
 from moeforge.service.errors import APIError, not_found
-from moeforge.service.routes.common import audit, check_limit, db, newest_first, page
+from moeforge.service.routes.common import audit, check_limit, db, newest_first, page, read
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 PURPOSES = ("fine-tune", "usage")  # usage: a `moeforge serve` ledger file, verified when it is reported
@@ -64,26 +64,25 @@ async def upload(request: Request, caller: Caller = Depends(requires("write"))):
 
 
 @router.get("")
-def list_files(request: Request, limit: int = 100, after: str | None = None, purpose: str | None = None,
-               caller: Caller = Depends(requires("read"))):
+async def list_files(request: Request, limit: int = 100, after: str | None = None, purpose: str | None = None):
     from sqlalchemy import select
 
     from moeforge.service.schema import FileRow
 
-    check_limit(limit)
-    with db(request).session() as s:
+    def work(s, caller):
+        check_limit(limit)
         q = select(FileRow).where(FileRow.tenant_id == caller.tenant_id, FileRow.deleted.is_(False))
         if purpose is not None:
             q = q.where(FileRow.purpose == purpose)
         cursor = owned_file(s, caller.tenant_id, after, "after") if after is not None else None
-        rows = newest_first(s, q, FileRow, cursor, limit)
-    return page(rows, limit, shape)
+        return page(newest_first(s, q, FileRow, cursor, limit), limit, shape)
+
+    return await read(request, work)
 
 
 @router.get("/{file_id}")
-def retrieve(file_id: str, request: Request, caller: Caller = Depends(requires("read"))):
-    with db(request).session() as s:
-        return shape(owned_file(s, caller.tenant_id, file_id))
+async def retrieve(file_id: str, request: Request):
+    return await read(request, lambda s, caller: shape(owned_file(s, caller.tenant_id, file_id)))
 
 
 @router.delete("/{file_id}")

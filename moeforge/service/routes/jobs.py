@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from moeforge.service.auth import Caller, requires
 from moeforge.service.db import add_event, dumps, loads, new_id, now, stamp
 from moeforge.service.errors import APIError, not_found
-from moeforge.service.routes.common import audit, check_limit, db, newest_first, page
+from moeforge.service.routes.common import audit, check_limit, db, newest_first, page, read
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["jobs"])
 
@@ -142,23 +142,23 @@ def _domain_of(suffix: str | None) -> str:
 
 
 @router.get("")
-def list_jobs(request: Request, limit: int = 20, after: str | None = None, caller: Caller = Depends(requires("read"))):
+async def list_jobs(request: Request, limit: int = 20, after: str | None = None):
     from sqlalchemy import select
 
     from moeforge.service.schema import JobRow
 
-    check_limit(limit)
-    with db(request).session() as s:
+    def work(s, caller):
+        check_limit(limit)
         q = select(JobRow).where(JobRow.tenant_id == caller.tenant_id)
         cursor = owned_job(s, caller.tenant_id, after) if after is not None else None
-        rows = newest_first(s, q, JobRow, cursor, limit)
-    return page(rows, limit, shape)
+        return page(newest_first(s, q, JobRow, cursor, limit), limit, shape)
+
+    return await read(request, work)
 
 
 @router.get("/{job_id}")
-def retrieve(job_id: str, request: Request, caller: Caller = Depends(requires("read"))):
-    with db(request).session() as s:
-        return shape(owned_job(s, caller.tenant_id, job_id))
+async def retrieve(job_id: str, request: Request):
+    return await read(request, lambda s, caller: shape(owned_job(s, caller.tenant_id, job_id)))
 
 
 @router.post("/{job_id}/cancel")
@@ -191,24 +191,24 @@ def _event_shape(row) -> dict:
 
 
 @router.get("/{job_id}/events")
-def events(job_id: str, request: Request, limit: int = 20, after: str | None = None,
-           caller: Caller = Depends(requires("read"))):
+async def events(job_id: str, request: Request, limit: int = 20, after: str | None = None):
     """The job's events, newest first; `after` an event id: the ones before it."""
     from sqlalchemy import select
 
     from moeforge.service.schema import EventRow
 
-    if not 1 <= limit <= MAX_EVENTS_PAGE:
-        raise APIError(400, f"limit {limit}: expected 1 to {MAX_EVENTS_PAGE}", param="limit")
-    with db(request).session() as s:
+    def work(s, caller):
+        if not 1 <= limit <= MAX_EVENTS_PAGE:
+            raise APIError(400, f"limit {limit}: expected 1 to {MAX_EVENTS_PAGE}", param="limit")
+        if after is not None and (not after.startswith("ftevent-") or not after[8:].isdigit()):
+            raise APIError(400, f"after {after!r}: expected an event id (ftevent-N)", param="after")
         owned_job(s, caller.tenant_id, job_id)
         q = select(EventRow).where(EventRow.job_id == job_id)
         if after is not None:
-            if not after.startswith("ftevent-") or not after[8:].isdigit():
-                raise APIError(400, f"after {after!r}: expected an event id (ftevent-N)", param="after")
             q = q.where(EventRow.id < int(after[8:]))
-        rows = list(s.scalars(q.order_by(EventRow.id.desc()).limit(limit + 1)))
-    return page(rows, limit, _event_shape)
+        return page(list(s.scalars(q.order_by(EventRow.id.desc()).limit(limit + 1))), limit, _event_shape)
+
+    return await read(request, work)
 
 
 @router.get("/{job_id}/checkpoints")
