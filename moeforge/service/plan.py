@@ -8,10 +8,9 @@ warm start; the owner then runs with exactly that selection and those entries.
 
 from pathlib import Path
 
-from moeforge.extract.package import plan_memory
+from moeforge.extract.package import MODES
 from moeforge.library.open import Library
 
-MODES = ("full", "quantized", "subset")
 PLAN_FILES = {"experts": "experts.json", "profile": "profile.json", "heatmap": "heatmap.png"}
 
 
@@ -64,12 +63,8 @@ def make_plan(request, records, *, salt: str, library: Library, allowed: set[str
     warm = chosen(ranking, request.warm_threshold) if request.warm_start == "auto" else []
     per_layer = {int(layer): len(experts) for layer, experts in selection.experts.items()}
     most = max(per_layer.values(), default=0)
-    top_k = getattr(model.config, "num_experts_per_tok", 1)
     n_experts = selection.num_experts
-    memory = {}
-    for mode in MODES:
-        m = plan_memory(model.config, mode, trainable_per_layer=max(most, 1), kept_per_layer=max(top_k, round(0.5 * n_experts)))
-        memory[mode] = {"bytes": m.bytes_held, "fraction_of_full": round(m.fraction_of_full, 4)}
+    memory = miner_memory(model.config, request, trainable_per_layer=max(most, 1), seq_len=seq_len)
     rows_per_round = request.inner_steps * request.train.batch_size * request.shard_passes
     blocks = request.train_blocks + request.commit_blocks + request.reveal_blocks + request.score_blocks
     return {
@@ -88,3 +83,26 @@ def make_plan(request, records, *, salt: str, library: Library, allowed: set[str
                      "tokens": request.rounds * miners * min(rows_per_round, max(len(splits.train), 1)) * seq_len,
                      "max_seconds": round(request.rounds * blocks * request.block_seconds + request.start_delay_blocks * request.block_seconds)},
     }
+
+
+def miner_memory(config, request, *, trainable_per_layer: int, seq_len: int) -> dict:
+    """What one miner of each mode needs on its device for this job (extract/plan.py's device plan: weights, the
+    trained experts' state and activations at the job's batch, sequence length and training options); a mode the base's
+    family cannot run says why instead."""
+    from moeforge.errors import ModelError
+    from moeforge.extract.plan import plan_device
+
+    train = request.train
+    memory = {}
+    for mode in MODES:
+        try:
+            plan = plan_device(config, mode, trainable_per_layer=trainable_per_layer, batch=train.batch_size, seq=seq_len,
+                               checkpointing=train.activation_checkpointing, optimizer=train.optimizer,
+                               loss_chunk_tokens=train.loss_chunk_tokens)
+        except ModelError as exc:
+            memory[mode] = {"unsupported": str(exc)}
+            continue
+        memory[mode] = {"bytes": plan.total, "fraction_of_full": round(plan.fraction_of_full, 4), "weights": plan.weights,
+                        "trainable_state": plan.trainable_state, "activations": plan.activations,
+                        "host_bytes": plan.host_experts, "card_gib": plan.card_gib}
+    return memory

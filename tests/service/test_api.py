@@ -45,8 +45,12 @@ def test_the_openai_client_uploads_a_file_and_runs_a_job_to_a_model_and_an_expor
     assert job.hyperparameters.n_epochs == 2 and len(job.fine_tuned_model) == 64
     assert job.trained_tokens == _miners_tokens(running_centre, job.id) > 0
     plan = job.plan
-    assert plan["selection"]["experts"] > 0 and set(plan["memory"]) == {"full", "quantized", "subset"}
-    assert plan["memory"]["subset"]["bytes"] < plan["memory"]["full"]["bytes"]
+    memory = plan["memory"]
+    assert plan["selection"]["experts"] > 0 and set(memory) == {"full", "quantized", "subset", "offload"}
+    assert memory["subset"]["bytes"] < memory["full"]["bytes"] and memory["offload"]["bytes"] < memory["full"]["bytes"]
+    assert memory["offload"]["host_bytes"] > 0 and memory["full"]["host_bytes"] == 0  # offload keeps the experts in host memory
+    for m in memory.values():
+        assert m["bytes"] == m["weights"] + m["trainable_state"] + m["activations"]
     assert [j.id for j in client.fine_tuning.jobs.list().data][-1] == job.id
     events = [e.message for e in reversed(client.fine_tuning.jobs.list_events(job.id, limit=100).data)]
     assert events[0].startswith("job created") and any(m.startswith("planned:") for m in events)
