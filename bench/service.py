@@ -11,11 +11,12 @@ concurrent API clients (one keep-alive aiohttp connection each, asyncio, loopbac
     files.list   GET /v1/files
 
 and record each request's latency (after a warm-up of 5 requests per endpoint, not measured); a
-request fails if it raises or answers other than 2xx. The clients share the 2 cores with the service and the job,
-so they should cost little: aiohttp takes about a tenth of the CPU per request that httpx takes here, whose own
-event loop was the larger part of the tail at 64 clients (--client httpx measures with it instead). During the largest level one more client
-uploads a --upload-mib JSONL file (POST /v1/files, multipart, streamed from disk), and after the
-levels the same upload runs alone. While each upload runs, the
+request fails if it raises or answers other than 2xx. The clients share the 2 cores with the
+service and the job, so they should cost little: aiohttp takes about a tenth of the CPU per request
+that httpx takes here, whose own event loop was the larger part of the tail at 64 clients
+(--client httpx measures with it instead). During the largest level one more client, a process of
+its own, uploads a --upload-mib JSONL file (POST /v1/files, multipart, streamed from disk), and
+after the levels the same upload runs alone. While each upload runs, the
 API processes' RSS (`service up` and the uvicorn processes it starts with --api-workers; the job
 worker is another process) is sampled every 20 ms, and their VmHWM is reset just before
 (/proc/PID/clear_refs 5) and read after, so the peak is exact even between samples; the growth is
@@ -34,6 +35,7 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -62,6 +64,23 @@ READ_P99_TARGET_MS = 200.0
 # insert. None of it grows with the file's size; 16 MiB is a generous bound on their sum.
 UPLOAD_CONSTANT_BYTES = 16 * 1024 * 1024
 SAMPLE_S = 0.02
+UPLOADER = """
+import json, sys, time
+import httpx
+url, key, path = sys.argv[1:4]
+with open(path, "rb") as f, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
+    started = time.perf_counter()
+    try:
+        r = http.post("/v1/files", files={"file": (path.rsplit("/", 1)[-1], f, "application/jsonl")}, data={"purpose": "fine-tune"})
+        ended = time.perf_counter()
+        try:
+            body = r.json()
+        except ValueError:
+            body = r.text[:2000]
+        print(json.dumps({"status": r.status_code, "body": body, "started": started, "ended": ended}))
+    except httpx.HTTPError as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "started": started, "ended": time.perf_counter()}))
+"""
 QUICK = {"preset": "small", "clients": "1,4", "seconds": 3.0, "upload_mib": 2, "records": 100}
 
 
@@ -384,20 +403,23 @@ class UploadRun:
         hwm_reset = all([_reset_hwm(p.pid) for p in self.procs])
         sampler = threading.Thread(target=self._sample, daemon=True, name="rss-sampler")
         sampler.start()
-        t0 = self.started = time.perf_counter()
         ok, error, body = False, None, {}
+        # the upload is its own client process, as it would be: in this one it would take the GIL from the read clients
+        done = subprocess.run([sys.executable, "-c", UPLOADER, self.bench.svc.url, self.bench.svc.key, str(self.path)],
+                              capture_output=True, text=True, timeout=600)
         try:
-            with open(self.path, "rb") as f, httpx.Client(base_url=self.bench.svc.url, headers=self.bench.headers,
-                                                         timeout=300) as http:
-                r = http.post("/v1/files", files={"file": (self.path.name, f, "application/jsonl")}, data={"purpose": "fine-tune"})
-            ok = r.status_code == 200 and r.json().get("bytes") == self.path.stat().st_size
-            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            out = {"error": f"the uploader exited {done.returncode}: {done.stderr[-500:]}", "started": 0.0, "ended": 0.0}
+        t0, self.started, self.ended = out["started"], out["started"], out["ended"]  # perf_counter: CLOCK_MONOTONIC
+        if "error" in out:
+            error = f"files.upload: {out['error']}"
+        else:
+            body = out["body"] if isinstance(out["body"], dict) else {}
+            ok = out["status"] == 200 and body.get("bytes") == self.path.stat().st_size
             if not ok:
-                error = f"files.upload: {r.status_code} {r.text[:300]}"
-        except httpx.HTTPError as exc:
-            error = f"files.upload: {type(exc).__name__}: {exc}"
-        self.ended = time.perf_counter()
-        seconds = self.ended - t0
+                error = f"files.upload: {out['status']} {str(out['body'])[:300]}"
+        seconds = max(self.ended - t0, 1e-9)
         self.done.set()
         sampler.join()
         hwms = [_hwm_bytes(p.pid) if hwm_reset else None for p in self.procs]
