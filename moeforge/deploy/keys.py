@@ -145,9 +145,6 @@ class Keys:
         if file is not None:
             self._reload(strict=True)
 
-    def __bool__(self) -> bool:
-        return bool(self.plain) or self.file is not None
-
     def _reload(self, strict: bool = False) -> None:
         try:
             stat = self.file.stat()
