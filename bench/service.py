@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         tmp = Path(tmp)
-        svc = centre(tmp / "centre", model_folder, miners=args.miners, validators=args.validators, preset=args.preset)
+        svc = centre(tmp / "centre", model_folder, miners=args.miners, validators=args.validators, preset=args.preset,
+                     extra_args=("--worker-nice", "10"))  # `service up`'s default, which the harness lowers for tests
         t0 = time.monotonic()
         svc.start()
         started_s = time.monotonic() - t0

@@ -86,7 +86,10 @@ def centre(root: Path, model: Path, *, miners: int = 2, validators: int = 1, pre
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MOEFORGE_HOME": str(root / "home"), "MOEFORGE_CATALOG": f"sqlite:///{root}/catalog.sqlite",
            "MOEFORGE_LIBRARY_STORE": str(root / "library-store"), "PYTHONUNBUFFERED": "1"}
-    args = ["--preset", preset, "--miners", str(miners), "--validators", str(validators), *extra_args]
+    # the tests' jobs compete with the other tests' processes, not with API clients: they run at the tests' own
+    # priority unless a test asks for the default (the restart test checks the niceness)
+    nice = [] if "--worker-nice" in extra_args else ["--worker-nice", "0"]
+    args = ["--preset", preset, "--miners", str(miners), "--validators", str(validators), *nice, *extra_args]
     return Centre(root, model, env, args)
 
 

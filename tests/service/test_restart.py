@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_a_running_job_survives_kill_9_of_the_service_and_a_cut_off_upload_is_never_a_file(small_testbed, maths_file, tmp_path):
     _, model = small_testbed
-    c = centre(tmp_path / "centre", model).start()
+    c = centre(tmp_path / "centre", model, extra_args=("--worker-nice", "10")).start()  # the default, as `service up` runs
     try:
         client = c.client()
         f = client.files.create(file=open(maths_file, "rb"), purpose="fine-tune")
