@@ -145,7 +145,6 @@ class Bench:
         self.svc, self.tmp, self.args = svc, tmp, args
         self.headers = {"Authorization": f"Bearer {svc.key}"}
         self.http = httpx.Client(base_url=svc.url, headers=self.headers, timeout=60)
-        self.up = psutil.Process(svc.proc.pid)  # `service up`: it runs uvicorn, or the uvicorn processes; the worker is its child
         self.training_file = None
         self.target_job = None  # the job the show/events clients read: the one running
         self.jobs_created: list[str] = []
@@ -287,12 +286,10 @@ class Bench:
         return int(self._settings()["chunk_bytes"])
 
     def api_processes(self) -> list[psutil.Process]:
-        """`service up` and the uvicorn processes it started (multiprocessing's spawned children), not the worker."""
-        children = [c for c in self.up.children() if "spawn_main" in " ".join(c.cmdline())]
-        return [self.up, *children]
+        return self.svc.api_processes()
 
     def worker(self) -> psutil.Process:
-        return next(c for c in self.up.children() if "worker" in c.cmdline())
+        return self.svc.worker()
 
     async def level(self, n: int, upload: "UploadRun | None") -> dict:
         latency = {e: [] for e in READS}

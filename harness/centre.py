@@ -75,6 +75,19 @@ class Centre:
 
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or self.key, max_retries=0, timeout=60)
 
+    def api_processes(self) -> list:
+        """`service up` and the uvicorn processes it started with --api-workers (multiprocessing's spawned children)."""
+        import psutil
+
+        up = psutil.Process(self.proc.pid)
+        return [up, *(c for c in up.children() if "spawn_main" in " ".join(c.cmdline()))]
+
+    def worker(self):
+        """The worker process (`service worker`); the job roles are its children."""
+        import psutil
+
+        return next(c for c in psutil.Process(self.proc.pid).children() if "worker" in c.cmdline())
+
     def worker_log(self) -> str:
         path = self.root / "home" / "service" / "worker.log"
         return path.read_text(errors="replace") if path.is_file() else ""

@@ -99,8 +99,10 @@ def up(
         os.nice(cfg.worker_nice)
         die_with_parent()
 
-    worker = {"proc": subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       preexec_fn=lowered), "restarts": 0}
+    def start_worker() -> subprocess.Popen:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=lowered)
+
+    worker = {"proc": start_worker(), "restarts": 0}
     stop = threading.Event()
 
     def supervise():  # a worker that dies is started again: the database tells it where every job was
@@ -109,8 +111,7 @@ def up(
             if code is not None and worker["restarts"] < WORKER_RESTARTS:
                 worker["restarts"] += 1
                 console.print(f"the worker exited ({code}); starting it again (see {cfg.home / 'worker.log'})", highlight=False)
-                worker["proc"] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                  preexec_fn=lowered)
+                worker["proc"] = start_worker()
 
     threading.Thread(target=supervise, daemon=True, name="worker-supervisor").start()
     try:

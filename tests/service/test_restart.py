@@ -24,9 +24,8 @@ def test_a_running_job_survives_kill_9_of_the_service_and_a_cut_off_upload_is_ne
         wait_for(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data),
                  240, "the job's first round")
         assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
-        up = psutil.Process(c.proc.pid)
-        api = [p for p in up.children() if "spawn_main" in " ".join(p.cmdline())]
-        worker = next(p for p in up.children() if "worker" in p.cmdline())
+        up, *api = c.api_processes()
+        worker = c.worker()
         roles = worker.children(recursive=True)
         assert len(api) == (2 if os.cpu_count() >= 2 else 0) and up.nice() == 0 and all(p.nice() == 0 for p in api)
         assert worker.nice() == 10 and roles and all(p.nice() == 10 for p in roles)  # the job trains below the API
