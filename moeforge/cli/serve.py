@@ -161,9 +161,11 @@ def key_ls(keys: KeysOption) -> None:
     table = Table(title=str(keys))
     for column in ("id", "name", "created", "expires", "state"):
         table.add_column(column)
+    def shown(when):  # to the minute, UTC: the table keeps whole times on an 80-column terminal
+        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
+
     for e in read_keys(keys).keys:
-        table.add_row(e.id, e.name, e.created_at.isoformat(timespec="seconds"),
-                      e.expires_at.isoformat(timespec="seconds") if e.expires_at else "never", e.state(now))
+        table.add_row(e.id, e.name, shown(e.created_at), shown(e.expires_at) if e.expires_at else "never", e.state(now))
     console.print(table)
 
 
