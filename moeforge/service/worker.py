@@ -91,6 +91,8 @@ class Worker:
                 status, details, text = "processed", None, report.model_dump_json()
             except MoeforgeError as exc:
                 status, details, text = "error", shown(str(exc), Path(tmp)), None
+            except Exception:  # a bug: the file fails (and the next one is validated), the trace goes to the log
+                status, details, text = "error", internal(f"file {row.id}"), None
         with self.db.session() as s:
             fresh = s.get(FileRow, row.id)
             fresh.status, fresh.status_details, fresh.report = status, details, text
@@ -210,6 +212,9 @@ class Worker:
         except MoeforgeError as exc:
             self._finish(row.id, "failed", error={"code": "profiling_failed", "message": str(exc), "param": None})
             return
+        except Exception:  # a bug: the job fails rather than being planned again on every pass
+            self._finish(row.id, "failed", error={"code": "internal_error", "message": internal(f"job {row.id}"), "param": None})
+            return
         warm = f"{len(plan['warm_start'])} library entr{'y' if len(plan['warm_start']) == 1 else 'ies'}" if plan["warm_start"] else "the base"
         with self.db.session() as s:
             from moeforge.service.schema import JobRow
@@ -249,10 +254,8 @@ class Worker:
         except MoeforgeError as exc:
             self._finish(job_id, "failed", error={"code": "job_failed", "message": str(exc), "param": None})
             return
-        except Exception as exc:  # a bug: say so on the job, keep the trace in the worker's log
-            log.error("job %s: %s", job_id, traceback.format_exc())
-            self._finish(job_id, "failed", error={"code": "internal_error", "message": f"internal error ({type(exc).__name__}); "
-                                                   "it was logged by the worker", "param": None})
+        except Exception:  # a bug: say so on the job, keep the trace in the worker's log
+            self._finish(job_id, "failed", error={"code": "internal_error", "message": internal(f"job {job_id}"), "param": None})
             return
         self._succeed(row, record)
 
@@ -386,12 +389,13 @@ class Worker:
         try:
             grants = self._export_grants(row)
             summary, tar = self._export(row, job, grants)
-        except MoeforgeError as exc:
+        except Exception as exc:  # a bug fails the export too, rather than making it again on every pass
+            message = str(exc) if isinstance(exc, MoeforgeError) else internal(f"export {row.id}")
             with self.db.session() as s:
                 fresh = s.get(ExportRow, row.id)
-                fresh.status, fresh.error, fresh.finished_at = "failed", str(exc), now()
+                fresh.status, fresh.error, fresh.finished_at = "failed", message, now()
                 if row.job_id is not None:
-                    add_event(s, row.job_id, f"export {row.id} failed: {exc}", level="error")
+                    add_event(s, row.job_id, f"export {row.id} failed: {message}", level="error")
             return True
         from moeforge.store.protocol import sha256_stream
 
@@ -520,6 +524,15 @@ def _trained_tokens(net) -> int:
             rounds = {e["round"]: e.get("tokens", 0) for e in read_events(member.run_dir) if e["event"] == "trained"}
             total += sum(rounds.values())
     return total
+
+
+def internal(what: str) -> str:
+    """The customer's message for a bug met while handling `what` (called in an except block); the trace goes to the
+    worker's log, not to the customer."""
+    import sys
+
+    log.error("%s: %s", what, traceback.format_exc())
+    return f"internal error ({type(sys.exception()).__name__}); it was logged by the worker"
 
 
 def _num(value) -> str:
