@@ -64,7 +64,7 @@ def job_request(model_dir: Path, **overrides) -> JobRequest:
 
 def _network(run: Path, request: JobRequest, records, salt: str, names, stakes, seed: int, honest: int = 2) -> InProcessNetwork:
     net = InProcessNetwork.create(run, LocalStore(run / "store"), request, records, salt, miner_modes=["full"] * honest,
-                                  validator_stakes=stakes)
+                                  validator_stakes=stakes, chain_seed=seed)  # the trial's chain: its block hashes follow from the seed
     net.publish()
     adversaries(net, names, victim=net.miners[0].hotkey, seed=seed)
     return net

@@ -23,7 +23,8 @@ worker is another process) is sampled every 20 ms, and their VmHWM is reset just
 that of the process whose peak grew most (the one that took the upload).
 
 Targets (issue): reads p99 ≤ 200 ms at the largest N (64) with a job training beside them; zero failed
-requests; upload peak RSS − baseline ≤ 2 × chunk (ServiceSettings.chunk_bytes) + UPLOAD_CONSTANT_BYTES.
+requests; upload peak RSS − baseline ≤ 2 × chunk (store.protocol.CHUNK_BYTES, the pieces an upload is hashed and
+copied into the store in) + UPLOAD_CONSTANT_BYTES.
 Prints a table and writes bench/results/service.json.
 
     .venv/bin/python bench/service.py            # default testbed, N = 1, 16, 64, 10 s each, 50 MiB upload
@@ -52,6 +53,7 @@ from provenance import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: harness/ sits beside bench/
 from harness.centre import centre
+from moeforge.store.protocol import CHUNK_BYTES
 
 RESULTS = Path(__file__).parent / "results" / "service.json"
 READS = ("jobs.list", "jobs.show", "jobs.events", "files.list")
@@ -212,7 +214,7 @@ class Bench:
         setup = self.setup()
         upload_file = self.tmp / "upload.jsonl"
         upload_bytes = write_upload(upload_file, self.args.upload_mib * 1024 * 1024)
-        chunk = self._chunk_bytes()
+        chunk = CHUNK_BYTES
         warm = self.warm_up()
         api = self.api_processes()
         latency = {e: {} for e in (*READS, "files.upload")}
@@ -281,9 +283,6 @@ class Bench:
 
     def _settings(self) -> dict:
         return json.loads((self.svc.root / "home" / "service" / "settings.json").read_text())
-
-    def _chunk_bytes(self) -> int:
-        return int(self._settings()["chunk_bytes"])
 
     def api_processes(self) -> list[psutil.Process]:
         return self.svc.api_processes()
@@ -559,7 +558,7 @@ def targets(result: dict, levels: list[int]) -> dict:
                          "job_running": result["levels"][top]["job_running"],
                          "met": worst is not None and worst <= READ_P99_TARGET_MS},
         "failed_requests": {"target": 0, "measured": result["failed_requests"], "met": result["failed_requests"] == 0},
-        "upload_memory": {"target_bytes": bound, "rule": "peak - baseline <= 2 * chunk_bytes + upload_constant_bytes",
+        "upload_memory": {"target_bytes": bound, "rule": "peak - baseline <= 2 * upload_chunk_bytes + upload_constant_bytes",
                           "measured_bytes": growth, "met": all(g <= bound for g in growth.values())},
     }
 

@@ -13,6 +13,7 @@ called once more after the reveal deadline, before validators judge (a late reve
 participant prepared in the round is kept in `prepared[round][hotkey]`, in the order they ran.
 """
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -80,11 +81,14 @@ class InProcessNetwork:
         miner_modes: list[MinerMode],
         validator_stakes: list[float],
         library=None,
+        chain_seed: int | None = None,
     ) -> "InProcessNetwork":
         """A fresh chain under run_dir with dev keys (//owner, //miner/i, //validator/j) registered and staked; `library`: the
-        owner's expert library (moeforge.library.open.Library), None for none."""
+        owner's expert library (moeforge.library.open.Library), None for none; `chain_seed`: fixes the chain's block hashes
+        (and so every sample validators draw from them), random when None."""
         run_dir = Path(run_dir)
-        chain = LocalChain(run_dir / "chain.sqlite", block_seconds=0)
+        genesis = None if chain_seed is None else hashlib.sha256(f"moeforge-test-chain-{chain_seed}".encode()).digest()
+        chain = LocalChain(run_dir / "chain.sqlite", block_seconds=0, genesis_seed=genesis)
         owner_key = keypair_from_uri("//moeforge/owner")
         miner_keys = [keypair_from_uri(f"//moeforge/miner/{i}") for i in range(len(miner_modes))]
         validator_keys = [keypair_from_uri(f"//moeforge/validator/{j}") for j in range(len(validator_stakes))]

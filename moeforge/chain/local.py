@@ -95,14 +95,19 @@ class LocalChain:
         max_validators: int = DEFAULT_MAX_VALIDATORS,
         clock: Callable[[], float] = time.time,
         busy_timeout_s: float = 30.0,
+        genesis_seed: bytes | None = None,
     ) -> None:
         """Open the chain at PATH, creating it (with these settings) if it does not exist.
 
         An existing chain keeps the settings it was created with; asking for another
         `block_seconds` or `lockstep_s` → ConfigError. `lockstep_s` (> 0) makes a lock-step chain whose
         idle-less blocks come every `lockstep_s` seconds (block_seconds must then be 0). `clock` (seconds,
-        like `time.time`) is for tests.
+        like `time.time`) is for tests, and so is `genesis_seed` (32 bytes; random when left out): a new chain's block
+        hashes follow from it (an existing chain keeps its own), so a run that draws its samples from them can be
+        repeated exactly.
         """
+        if genesis_seed is not None and len(genesis_seed) != 32:
+            raise ConfigError(f"genesis_seed of {len(genesis_seed)} bytes: expected 32.")
         if block_seconds is not None and (not math.isfinite(block_seconds) or block_seconds < 0):
             raise ConfigError(f"block_seconds={block_seconds}: expected a number ≥ 0 (0 = manual clock, stepped).")
         if lockstep_s is not None and (not math.isfinite(lockstep_s) or lockstep_s <= 0):
@@ -118,7 +123,7 @@ class LocalChain:
         self._create = True  # only while opening: afterwards a missing file is unreachable, not new
         self._hashes: list[bytes] = []  # block → hash, filled on demand
         self._hashes_lock = threading.Lock()
-        meta = self._open_or_create(block_seconds, netuid, max_validators, lockstep_s)
+        meta = self._open_or_create(block_seconds, netuid, max_validators, lockstep_s, genesis_seed or os.urandom(32))
         self.netuid = int(meta["netuid"])
         self.block_seconds = float(meta["block_seconds"])
         self.lockstep_s = float(meta["lockstep_s"])  # 0: not a lock-step chain
@@ -329,7 +334,7 @@ class LocalChain:
             return self._hashes[block]
 
     def _open_or_create(self, block_seconds: float | None, netuid: int, max_validators: int,
-                        lockstep_s: float | None) -> dict[str, str]:
+                        lockstep_s: float | None, seed: bytes) -> dict[str, str]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -340,7 +345,7 @@ class LocalChain:
             "block_seconds": repr(DEFAULT_BLOCK_SECONDS if block_seconds is None else float(block_seconds)),
             "max_validators": str(max_validators),
             "genesis_time": repr(self._clock()),
-            "seed": os.urandom(32).hex(),
+            "seed": seed.hex(),
             "steps": "0",
             "lockstep_s": repr(float(lockstep_s or 0.0)),
             "last_advance": repr(self._clock()),

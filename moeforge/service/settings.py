@@ -25,7 +25,6 @@ class ServiceSettings(BaseModel):
     device: str = "cpu"
     max_upload_bytes: int = Field(512 * MIB, ge=1)
     max_json_bytes: int = Field(1 * MIB, ge=1024)
-    chunk_bytes: int = Field(1 * MIB, ge=4096)
     max_rounds: int = Field(20, ge=1)
     poll_s: float = Field(0.5, gt=0)  # how often the worker looks for work
     # threads the API runs its routes' database work in: more than the cores only adds switching under the GIL

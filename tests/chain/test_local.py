@@ -119,6 +119,18 @@ def test_settings_and_hashes_persist_across_opens(tmp_path):
     assert other.block_hash(3) != first.block_hash(3)  # a fresh genesis seed per chain
 
 
+def test_a_chain_made_from_a_genesis_seed_repeats_its_hashes_and_a_wrong_seed_is_refused(tmp_path):
+    chains = [LocalChain(tmp_path / f"{name}.sqlite", block_seconds=0, genesis_seed=seed)
+              for name, seed in (("a", b"\1" * 32), ("b", b"\1" * 32), ("c", b"\2" * 32))]
+    for chain in chains:
+        chain.step(3)
+    a, b, c = ([chain.block_hash(n) for n in range(4)] for chain in chains)
+    assert a == b and a[3] != c[3]
+    assert LocalChain(tmp_path / "a.sqlite", genesis_seed=b"\2" * 32).block_hash(3) == a[3]  # an existing chain keeps its own
+    with pytest.raises(ConfigError, match="genesis_seed of 5 bytes"):
+        LocalChain(tmp_path / "d.sqlite", block_seconds=0, genesis_seed=b"short")
+
+
 def test_asking_an_existing_chain_for_another_interval_is_refused(tmp_path):
     LocalChain(tmp_path / "c.sqlite", block_seconds=0)
     with pytest.raises(ConfigError, match=r"block_seconds=0, not 12"):
