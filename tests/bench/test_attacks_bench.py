@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.test_results_match_scripts import assert_committed_keys
+
 pytestmark = pytest.mark.slow
 
 BENCH = Path(__file__).parents[2] / "bench" / "attacks.py"
@@ -17,7 +19,9 @@ def test_one_quick_trial_merges_and_pays_no_adversary_and_writes_the_json(tmp_pa
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "attacks.json"
-    bench.main(["--trials", "1", "--out", str(out), "--testbed", str(small_testbed[1]), "--no-faults"])
+    argv = ["--quick", "--out", str(out), "--testbed", str(small_testbed[1])]  # one trial, no fault trials
+    bench.main(argv)
+    assert_committed_keys("attacks", out, argv)  # the run test_results_match_scripts leaves to this test
     result = json.loads(out.read_text())
     assert set(result["attacks"]) >= {"nan", "copy_noise", "replay", "sybil", "pickle", bench.WRONG_STATE}
     for name, row in result["attacks"].items():
