@@ -15,6 +15,8 @@ pytestmark = pytest.mark.slow
 
 PROVENANCE = ("command", "git_commit", "git_dirty", "started_at", "wall_seconds", "machine")
 OUT_FLAG = {"esft_pilot": "--results", "testbed": "--results"}
+# files a quick run would otherwise write beside the committed results
+SIDE_OUTPUTS = {"esft_pilot": {"--plot": "tradeoff.png"}}
 TESTBED_FLAG = {"esft_pilot": "--out", "testbed": "--out", "attacks": "--testbed", "decentral_vs_central": "--testbed",
                 "compounding": "--testbed", "service": "--testbed", "marketplace": "--testbed",
                 "miner_memory": "--testbed"}
@@ -51,6 +53,8 @@ def test_every_committed_result_has_a_script_and_its_provenance(name):
 def test_quick_run_writes_the_committed_keys(name, tmp_path, small_testbed):
     out = tmp_path / f"{name}.json"
     argv = ["--quick", OUT_FLAG.get(name, "--out"), str(out), *QUICK_EXTRA.get(name, [])]
+    for flag, filename in SIDE_OUTPUTS.get(name, {}).items():
+        argv += [flag, str(tmp_path / filename)]
     if name in TESTBED_FLAG:
         argv += [TESTBED_FLAG[name], str(small_testbed[1])]
     bench = load_bench(name)
