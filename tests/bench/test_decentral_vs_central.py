@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.test_results_match_scripts import NOT_REGENERATED, assert_committed_keys
+
 pytestmark = pytest.mark.slow
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "decentral_vs_central.py"
@@ -28,18 +30,26 @@ def _bench():
 def quick(small_testbed, tmp_path_factory):
     _, model_dir = small_testbed
     out = tmp_path_factory.mktemp("bench") / "decentral_vs_central.json"
-    returned = _bench().main(["--quick", "--preset", "small", "--testbed", str(model_dir), "--out", str(out)])
-    return returned, json.loads(out.read_text())
+    argv = ["--quick", "--preset", "small", "--testbed", str(model_dir), "--out", str(out)]
+    returned = _bench().main(argv)
+    return returned, json.loads(out.read_text()), out, argv
+
+
+@pytest.mark.xfail("decentral_vs_central" in NOT_REGENERATED, strict=True,
+                   reason="the script writes keys its committed result lacks; regenerate")
+def test_the_quick_run_writes_the_committed_results_keys(quick):
+    *_, out, argv = quick
+    assert_committed_keys("decentral_vs_central", out, argv)  # the run test_results_match_scripts leaves to this module
 
 
 def test_the_quick_run_writes_every_required_figure_and_returns_what_it_wrote(quick):
-    returned, written = quick
+    returned, written, *_ = quick
     assert set(REQUIRED) <= set(written)
     assert json.loads(json.dumps(returned)) == written
 
 
 def test_every_headline_figure_is_finite(quick):
-    _, r = quick
+    _, r, *_ = quick
     for key in ("improvement_ratio", "improvement_ratio_unconstrained", "improvement_ratio_data_parallel", "general_ppl_drift_central", "general_ppl_drift_network", "scoring_cost_ratio",
                 "domain_loss_before", "domain_loss_central", "domain_loss_network"):
         assert math.isfinite(r[key]), key
@@ -47,14 +57,14 @@ def test_every_headline_figure_is_finite(quick):
 
 
 def test_both_sides_train_on_the_same_number_of_tokens_and_one_miner_runs_a_reduced_memory_mode(quick):
-    _, r = quick
+    _, r, *_ = quick
     assert r["train_tokens_central"] == r["train_tokens_network"] == (
         r["miners"] * r["rounds"] * r["inner_steps"] * r["batch_size"] * r["seq_len"])
     assert len(r["miner_modes"]) == r["miners"] and {"subset", "quantized"} & set(r["miner_modes"])
 
 
 def test_each_round_reports_its_phases_and_a_critical_path_no_longer_than_the_sequential_time(quick):
-    _, r = quick
+    _, r, *_ = quick
     assert [row["round"] for row in r["round_seconds"]] == list(range(r["rounds"]))
     for row in r["round_seconds"]:
         assert len(row["train_s"]) == r["miners"] and len(row["score_s"]) == r["validators"]
@@ -66,7 +76,7 @@ def test_each_round_reports_its_phases_and_a_critical_path_no_longer_than_the_se
 
 
 def test_central_early_stopping_picks_the_best_validation_checkpoint_and_the_constrained_one_within_the_budget(quick):
-    _, r = quick
+    _, r, *_ = quick
     limit = r["general_val_loss_before"] + math.log1p(r["general_budget"]["budget"])
     central = [t for t in r["trials"] if t["side"] != "network"]
     assert {t["side"] for t in central} == {"central", "data_parallel"}
@@ -85,6 +95,6 @@ def test_central_early_stopping_picks_the_best_validation_checkpoint_and_the_con
 
 
 def test_the_validator_round_cost_counts_every_pass(quick):
-    _, r = quick
+    _, r, *_ = quick
     v = r["validator_round_seconds"]
     assert {"score", "evidence", "merge"} <= set(v["phases"]) and v["total"] == pytest.approx(sum(v["phases"].values()))
