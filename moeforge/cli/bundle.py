@@ -29,7 +29,8 @@ def create(
     out: Annotated[Path, typer.Option("--out", help="The bundle folder to write.")],
     key: KeyOpt = None,
     tar: Annotated[bool, typer.Option("--tar/--no-tar", help="Also write OUT.tar.")] = False,
-    wheelhouse: Annotated[bool, typer.Option("--wheelhouse/--no-wheelhouse", help="Include moeforge's wheel and a lock file.")] = True,
+    wheelhouse: Annotated[bool, typer.Option("--wheelhouse/--no-wheelhouse", help="Include every wheel the server needs "
+                                                           "(fetched from your package index), so it installs offline.")] = True,
 ) -> None:
     """Write the bundle: the export, SHA256SUMS, a model-signing signature, a CycloneDX ML-BOM, licences, wheels."""
     from moeforge.cli.inputs import output_dir
@@ -42,6 +43,8 @@ def create(
         if not key.is_file():
             generate_key(key)
             console.print(f"created the publisher key {key} (give {public_path(key)} to customers to pin)", highlight=False)
+    if wheelhouse:
+        console.print("building moeforge's wheel and fetching the server's dependencies for the wheelhouse …", highlight=False)
     build(export, out, key=key, tar=tar, wheelhouse=wheelhouse)
     console.print(f"wrote the bundle {out}" + (f" and {out.with_suffix('.tar')}" if tar else "")
                   + f"; check it with `sha256sum -c SHA256SUMS` there, or `moeforge bundle verify {out}`", highlight=False,

@@ -8,7 +8,9 @@ DESIGN.md "Deployment". One folder (optionally also one tar):
                       integrity, not origin)
     bom.cdx.json      CycloneDX ML-BOM: the model, its base, its datasets by fingerprint, the software versions
     LICENSES/         the licence texts of the entries and of the data the base was built from
-    wheelhouse/       moeforge's wheel, and requirements.lock pinning everything it runs on
+    wheelhouse/       every wheel the server needs (moeforge's, and its `serve` and `deploy` extras' whole dependency
+                      closure at the versions installed where the bundle was made: that machine's Python and platform),
+                      requirements.lock pinning them, and README.txt with the offline install command
     SHA256SUMS        every file above, `sha256sum -c SHA256SUMS` checks it with coreutils alone
 
 Signing: model-signing (not sigstore's keyless flow) because its elliptic-key signer needs no
@@ -179,20 +181,51 @@ def _verify(model_dir: Path, signature: Path, key: Path) -> None:
         raise DataError(f"the signature does not verify with {key}: {reason[:200]}") from None
 
 
+SERVER = "moeforge[serve,deploy]"  # what serving a bundle needs: the server, and the bundle's verification before it
+INSTALL = f"pip install --no-index --find-links wheelhouse '{SERVER}'"
+
+
 def _wheelhouse(folder: Path) -> None:
-    """moeforge's wheel (built from this installation's source) and requirements.lock (every installed distribution,
-    exactly pinned): with a wheelhouse of those, `pip install --no-index --find-links` installs the server offline."""
+    """Every wheel `SERVER` installs from, at the versions installed here, so `INSTALL` works with no network.
+
+    moeforge's own wheel is built from this installation's source; the others are fetched with pip from the package
+    index this machine is configured for (bundling needs it; the customer's machine does not), constrained to the
+    installed versions. requirements.lock pins the wheels the wheelhouse holds."""
     from importlib import metadata
 
     folder.mkdir()
     source = Path(__file__).resolve().parents[2]
-    if (source / "pyproject.toml").is_file():
-        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
-                               str(folder), str(source)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ConfigError(f"could not build moeforge's wheel for the bundle: {done.stderr.strip()[-400:]}")
-    pins = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]})
-    (folder / "requirements.lock").write_text("\n".join(pins) + "\n")
+    if not (source / "pyproject.toml").is_file():
+        raise ConfigError("moeforge is installed from a wheel, not its source, so its own wheel cannot be built for the "
+                          "bundle's wheelhouse; bundle with --no-wheelhouse, or from a source checkout.")
+    pip = [sys.executable, "-m", "pip"]
+    done = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(folder), str(source)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"could not build moeforge's wheel for the bundle: {done.stderr.strip()[-400:]}")
+    installed = folder / "installed.txt"
+    installed.write_text("".join(f"{d.metadata['Name']}=={d.version}\n" for d in metadata.distributions()
+                                 if d.metadata["Name"] and d.metadata["Name"] != "moeforge"))
+    own = next(folder.glob("moeforge-*.whl"))
+    done = subprocess.run([*pip, "download", "--quiet", "--only-binary", ":all:", "--dest", str(folder), "--constraint",
+                           str(installed), f"{SERVER} @ {own.resolve().as_uri()}"], capture_output=True, text=True)
+    installed.unlink()
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("WARNING:")]
+        raise ConfigError("could not fetch the server's wheels for the bundle's wheelhouse (bundling needs the package "
+                          f"index; --no-wheelhouse leaves them out): {' '.join(lines)[-400:]}")
+    wheels = sorted(p.name for p in folder.glob("*.whl"))
+    (folder / "requirements.lock").write_text("".join(f"{_pin(name)}\n" for name in wheels))
+    (folder / "README.txt").write_text(
+        f"The wheels the moeforge server needs ({len(wheels)}, for the Python and platform the bundle was made on).\n"
+        f"Install them with no network, in a fresh virtual environment, from the bundle's folder:\n\n    {INSTALL}\n\n"
+        "then serve the bundle: moeforge serve .\n")
+
+
+def _pin(wheel: str) -> str:
+    """`name==version` of a wheel file name (PEP 427: name-version-…)."""
+    name, version = wheel.split("-")[:2]
+    return f"{name.replace('_', '-').lower()}=={version}"
 
 
 def _files(folder: Path) -> list[str]:

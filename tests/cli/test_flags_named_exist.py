@@ -10,7 +10,7 @@ from moeforge.cli.main import app
 
 PACKAGE = Path(__file__).resolve().parents[2] / "moeforge"
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-PIP = {"--no-index", "--find-links", "--no-deps", "--no-build-isolation", "--quiet"}  # pip's own, which a bundle's wheelhouse runs
+PIP = {"--no-index", "--find-links", "--no-deps", "--no-build-isolation", "--quiet", "--only-binary", "--dest", "--constraint"}  # pip's own, which a bundle's wheelhouse runs
 
 
 def _options(command) -> set[str]:
