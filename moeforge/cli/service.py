@@ -29,7 +29,7 @@ WORKER_RESTARTS = 5
 
 def resolve_settings(home: Path | None, database: str | None, preset_name: str = "default", miners: int = 3,
                      validators: int = 2, device: str = "cpu", max_upload_mib: int = 512, model: Path | None = None,
-                     worker_nice: int = 10, api_workers: int = 1):
+                     worker_nice: int = 10, api_workers: int | None = None):
     """The settings `service up` runs on: the embedded defaults, the testbed of `preset_name` (or the checkpoint
     `model`, with the job settings of that preset) as the one base."""
     from moeforge.cli import settings
@@ -50,7 +50,7 @@ def resolve_settings(home: Path | None, database: str | None, preset_name: str =
                            library_store=settings.library_store_url(), bases={name: str(base)},
                            job_defaults={name: JOB_DEFAULTS.get(preset_name, {})}, miners=miners, validators=validators,
                            device=device, max_upload_bytes=max_upload_mib * MIB, worker_nice=worker_nice,
-                           api_workers=api_workers)
+                           **({} if api_workers is None else {"api_workers": api_workers}))
 
 
 @app.command()
@@ -85,7 +85,7 @@ def up(
     from moeforge.service.settings import write_settings
 
     cfg = resolve_settings(home, database, preset_name, miners, validators, device, max_upload_mib, model, worker_nice,
-                           api_workers or min(2, os.cpu_count() or 1))
+                           api_workers)
     path = write_settings(cfg)
     db = Database(cfg.database)
     if _no_tenant(db):

@@ -4,6 +4,7 @@
 reads that file, so the API and the worker can never disagree about where anything is.
 """
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +31,8 @@ class ServiceSettings(BaseModel):
     # threads the API runs its routes' database work in: more than the cores only adds switching under the GIL
     # (the database pool keeps library.catalog.POOL_SIZE connections, one per thread at least)
     api_threads: int = Field(4, ge=1, le=16)
-    api_workers: int = Field(1, ge=1, le=16)  # API processes on the one port (each with its own threads)
+    # API processes on the one port (each with its own threads): 2 where there are 2 cores or more
+    api_workers: int = Field(default_factory=lambda: min(2, os.cpu_count() or 1), ge=1, le=16)
     # the niceness of the worker and of the network roles it starts: the API answers first, a job trains on what is left
     worker_nice: int = Field(10, ge=0, le=19)
     subnet_owner: str = "default"  # the tenant that lists shared-library entries and is paid as their owner
