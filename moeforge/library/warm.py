@@ -38,7 +38,7 @@ def warm_start(model, library: Library, entries: list[str], slots: list[ExpertSl
         manifest = library.manifest(entry_id)
         if manifest.base_fingerprint != fingerprint:
             raise ModelError(f"library entry {entry_id[:12]}… was trained on base {manifest.base_fingerprint[:16]}…, not this "
-                             f"base ({fingerprint[:16]}…): warm-start from an entry on the job's base.")
+                             f"base ({fingerprint[:16]}…): choose an entry trained on this base.")
         give = set(manifest.expert_slots()) & wanted
         if not give:
             continue

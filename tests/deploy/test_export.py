@@ -135,3 +135,32 @@ def test_a_gap_budget_takes_k_below_the_coverage_while_calibration_loss_allows(d
     assert b["k"] == b["coverage_k"] and a["coverage_k"] == b["coverage_k"]
     assert a["k"] == 2 < b["k"]  # a 50% budget on the calibration rows lets every K down to top-k through
     assert "the gap budget on calibration rows took it to K=2" in " ".join(loose.output.split())
+
+
+def test_an_entry_trained_on_another_base_is_refused_naming_both_bases(delta, tmp_path):
+    """A library entry deposited on a base whose weights differ (here: one norm weight nudged) cannot go into an export
+    of this base: exit 1, one clear line naming the entry and both fingerprints, nothing written."""
+    from harness.market import synthetic_entries
+    from moeforge.cli.inputs import load_checkpoint
+    from moeforge.data.corpora import load_corpus
+    from moeforge.library.open import open_library
+    from moeforge.model.fingerprint import model_fingerprint
+    from moeforge.profile.stats import ProfileConfig, profile_records
+
+    model_dir, _ = delta
+    model, tokenizer = load_checkpoint(model_dir)
+    base = model_fingerprint(model)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "norm" in n).add_(1e-3)
+    other = model_fingerprint(model)
+    assert other != base
+    background = profile_records(model, tokenizer, load_corpus("wikitext", "train"),
+                                 ProfileConfig(tokens=1024, seq_len=64, saliency=False), base_fingerprint=other)
+    catalog, store = f"sqlite:///{tmp_path}/catalog.sqlite", str(tmp_path / "library")
+    [entry] = synthetic_entries(open_library(catalog, store), model, background, 1, seed=3)
+    result = invoke("export", "--model", model_dir, "--entry", entry[:12], "--data", "math", "--out", tmp_path / "x",
+                    "--profile-tokens", 1024, "--catalog", catalog, "--library-store", store)
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in out, result.output
+    assert f"library entry {entry[:12]}… was trained on base {other[:16]}…, not this base ({base[:16]}…)" in out, out
+    assert not (tmp_path / "x").exists()
