@@ -8,7 +8,10 @@ requires own-shard evidence (four passes over quarter-size shards, significant a
 honest miners and the `SHARD_EVIDENCE` attacks (free rider, diluted copy, same-block copy with a
 ground hash, minimal effort; the last is judged on merits, so its row records `share`, what it was
 paid of each merged round, against `fair_share`, its leave-one-out marginal gain ÷ the round's
-total, averaged over the rounds with a merge). Counts, per attack class,
+total, averaged over the rounds with a merge). In that job it also keeps every own-shard evidence p-value the honest
+validator computed, and reports the trade-off the job's `evidence_significance` sets (`evidence_tradeoff`): at each
+level, the share of honest submissions whose evidence would fail it and the share of each attack class's that would
+pass it. Counts, per attack class,
 submissions judged, merged (in any adopted state's contributions) and rewarded (a positive weight
 from any validator); the honest miners' share of all weights set; the validator's extra cost of the
 checks per submission (fetch + unpack + checks + copy/replay detection, against scoring); and the
@@ -124,12 +127,40 @@ def _tally(net, record, table: dict, cost: dict) -> None:
         row["rewarded"] += weights.get(miner.hotkey, 0.0) > 0
 
 
+EVIDENCE_LEVELS = (0.1, 0.05, 0.02, 0.01, 0.005, 0.001)
+
+
+def _evidence_p(net, into: dict[str, list[float]]) -> None:
+    """Every own-shard evidence p-value the honest validator computed in `net`, under "honest" or the attack's name."""
+    attack = {m.hotkey: (m.attack.name if getattr(m, "attack", None) is not None else "honest") for m in net.miners}
+    for reports in net.reports.values():
+        for v in reports[net.validators[0].hotkey].verdicts:
+            if v.evidence_p is not None:
+                into.setdefault(attack[v.hotkey], []).append(v.evidence_p)
+
+
+def evidence_tradeoff(evidence_p: dict[str, list[float]]) -> dict:
+    """Per level: honest submissions whose evidence fails it, and each other class's that pass it (p < level)."""
+    honest = evidence_p.get("honest", [])
+    return {
+        "counts": {k: len(v) for k, v in sorted(evidence_p.items())},
+        "honest_p_max": max(honest) if honest else None,
+        "levels": {f"{level:g}": {"honest_failing": sum(p >= level for p in honest) / len(honest) if honest else None,
+                                  **{f"{k}_passing": sum(p < level for p in v) / len(v) for k, v in sorted(evidence_p.items())
+                                     if k != "honest" and v}}
+                   for level in EVIDENCE_LEVELS},
+        "what": "own-shard evidence p-values of the evidence job's submissions (those whose Proof-of-Loss gain was "
+                "significant; the others are never asked for evidence); a class passes a level where p < level",
+    }
+
+
 def run_trials(trials: int, seed: int, model_dir: Path, records, work: Path) -> dict:
     names = [n for n in ATTACKS if n not in ("nan_batches", *SHARD_EVIDENCE)]
     table: dict[str, dict] = {}
     cost = {"check_s": 0.0, "submissions": 0, "score_s": 0.0, "scored": 0}
     honest_w = total_w = evidence_honest_w = evidence_total_w = 0.0
     wrong = {"trials": 0, "submissions": 0, "merged": 0, "rewarded": 0, "flagged": 0}
+    evidence_p: dict[str, list[float]] = {}
     for t in range(trials):
         s = seed + t
         salt = f"attacks-{s}"
@@ -158,6 +189,7 @@ def run_trials(trials: int, seed: int, model_dir: Path, records, work: Path) -> 
         for r in range(EVIDENCE_ROUNDS):
             gauntlet.run_round(r)
         _tally(gauntlet, gauntlet.finish(), table, cost)
+        _evidence_p(gauntlet, evidence_p)
         evidence_honest_w += _honest_weight(gauntlet)
         evidence_total_w += _weights(gauntlet)[1]
         for row in table.values():
@@ -177,6 +209,7 @@ def run_trials(trials: int, seed: int, model_dir: Path, records, work: Path) -> 
         "attacks": table,
         "honest_reward_share": honest_w / total_w if total_w else None,
         "honest_reward_share_with_minimal_effort": evidence_honest_w / evidence_total_w if evidence_total_w else None,
+        "evidence_tradeoff": evidence_tradeoff(evidence_p),
         "check_cost": {
             "check_s_per_submission": per_check, "score_s_per_scored_submission": per_score,
             "ratio": per_check / per_score if per_score else None,
@@ -243,6 +276,10 @@ def _print(result: dict) -> None:
     if lazy is not None:
         print(f"minimal effort: share {lazy['share']:.3f} vs fair share {lazy['fair_share']:.3f} over {lazy['rounds_with_a_merge']} "
               f"merged rounds; honest share with it present {result['honest_reward_share_with_minimal_effort']:.3f}")
+    tradeoff = result["evidence_tradeoff"]
+    print(f"own-shard evidence p-values {tradeoff['counts']}; at each level, honest failing / others passing:")
+    for level, row in tradeoff["levels"].items():
+        print(f"  {level:>6}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None))
     c = result["check_cost"]
     print(f"checks per submission {c['check_s_per_submission'] * 1e3:.1f} ms vs scoring {c['score_s_per_scored_submission'] * 1e3:.1f} ms"
           + (f" (ratio {c['ratio']:.3f})" if c["ratio"] is not None else ""))

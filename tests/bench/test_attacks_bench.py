@@ -33,3 +33,7 @@ def test_one_quick_trial_merges_and_pays_no_adversary_and_writes_the_json(tmp_pa
     assert 0.99 <= result["honest_reward_share"] <= 1.0
     assert result["attacks"][bench.WRONG_STATE]["flagged"] == 1
     assert result["check_cost"]["check_s_per_submission"] > 0 and result["fault_trials"] is None
+    tradeoff = result["evidence_tradeoff"]  # honest evidence was computed, and a stricter level fails no fewer of it
+    assert tradeoff["counts"]["honest"] >= 1 and 0 <= tradeoff["honest_p_max"] <= 1
+    failing = [row["honest_failing"] for row in tradeoff["levels"].values()]
+    assert failing == sorted(failing) and all(0 <= f <= 1 for f in failing)
