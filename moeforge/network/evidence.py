@@ -12,7 +12,7 @@ previous round adopted; with neither, nothing is asked of it) row by row:
           outside the round's scoring and merge samples, drawn with the seed block's hash
           (unknown before reveals close; `validator_round.eval_batches`)
 
-evidence = mean(x) − mean(y), with a one-sided Welch t-test of mean(x) > mean(y). Pairing with
+evidence = mean(x) − mean(y), with a one-sided Mann-Whitney U test of x > y (significance.greater_p). Pairing with
 the peer on the same rows removes what differs between rows (a plain two-sample test of the
 delta's own gains drowns in it); the control rows remove what makes a delta better than its peers
 everywhere (a larger step, more data). A copy of someone's delta improves its source's shard, not
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Evidence:
     statistic: float  # mean own-shard advantage over the peer − mean control advantage, nats per token
-    p_value: float  # one-sided Welch test of own > control
+    p_value: float  # one-sided Mann-Whitney U test of own > control
     peer: str  # what the delta was compared with
     own_rows: int
     control_rows: int
