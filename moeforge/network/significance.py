@@ -3,9 +3,8 @@
 Both are one-sided tests from scipy.stats over per-row losses, so the unit of evidence is a
 held-out (or train) row, never a batch a miner could influence by its size: the gain's is a paired
 Student t-test; the shard evidence's a Mann-Whitney U test, a rank test, which on the attack
-bench's evidence job kept 93% of honest submissions at level 0.05 where Welch's t-test kept 86%
-(and 75% against 60% at 0.01), while a delta that did no work still passes at about the level,
-as a valid test must (README "Attacks"). A test with no
+bench's evidence job (20 trials) kept 92% of honest submissions at level 0.05 where Welch's t-test
+had kept 86% (and 74% against 60% at 0.01; README "Attacks"). A test with no
 spread at all (every difference equal) is decided by the sign of that difference: p = 0 when it
 is positive, 1 otherwise. Fewer than two rows can never be significant (p = 1).
 """
