@@ -31,6 +31,18 @@ def _own_home(tmp_path_factory):
         os.environ["MOEFORGE_HOME"] = previous
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _own_module_library(tmp_path_factory):
+    """An empty expert library per module, for the jobs a module's own fixtures run once: they are set up before any
+    test's `_own_library`, and would otherwise share the session home's library with every earlier module in the
+    worker (a job there warm-started from another module's deposit, and started near its drift budget)."""
+    root = tmp_path_factory.mktemp("module-library")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOEFORGE_CATALOG", f"sqlite:///{root}/catalog.sqlite")
+        patch.setenv("MOEFORGE_LIBRARY_STORE", str(root / "store"))
+        yield root
+
+
 @pytest.fixture(autouse=True)
 def _own_library(tmp_path_factory, monkeypatch):
     """An empty expert library per test: a job's deposit or warm start never depends on which tests ran before it."""
