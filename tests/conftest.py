@@ -38,17 +38,19 @@ def _own_module_library(tmp_path_factory):
     worker (a job there warm-started from another module's deposit, and started near its drift budget)."""
     root = tmp_path_factory.mktemp("module-library")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MOEFORGE_CATALOG", f"sqlite:///{root}/catalog.sqlite")
-        patch.setenv("MOEFORGE_LIBRARY_STORE", str(root / "store"))
-        yield root
+        yield _library_in(root, patch)
 
 
 @pytest.fixture(autouse=True)
 def _own_library(tmp_path_factory, monkeypatch):
     """An empty expert library per test: a job's deposit or warm start never depends on which tests ran before it."""
-    root = tmp_path_factory.mktemp("library")
-    monkeypatch.setenv("MOEFORGE_CATALOG", f"sqlite:///{root}/catalog.sqlite")
-    monkeypatch.setenv("MOEFORGE_LIBRARY_STORE", str(root / "store"))
+    return _library_in(tmp_path_factory.mktemp("library"), monkeypatch)
+
+
+def _library_in(root, patch):
+    """Point moeforge's expert library (its catalog and its store) at a new, empty folder `root`."""
+    patch.setenv("MOEFORGE_CATALOG", f"sqlite:///{root}/catalog.sqlite")
+    patch.setenv("MOEFORGE_LIBRARY_STORE", str(root / "store"))
     return root
 
 
