@@ -20,9 +20,11 @@ a shipped trusted root and its transparency log to mean anything.
 
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,8 +219,10 @@ def _wheelhouse(folder: Path) -> None:
     wheels = sorted(p.name for p in folder.glob("*.whl"))
     (folder / "requirements.lock").write_text("".join(f"{_pin(name)}\n" for name in wheels))
     (folder / "README.txt").write_text(
-        f"The wheels the moeforge server needs ({len(wheels)}, for the Python and platform the bundle was made on).\n"
-        f"Install them with no network, in a fresh virtual environment, from the bundle's folder:\n\n    {INSTALL}\n\n"
+        f"The wheels the moeforge server needs ({len(wheels)}, for Python {platform.python_version()} on "
+        f"{sysconfig.get_platform()}, where the bundle was made).\n"
+        f"Install them with no network, in a fresh virtual environment of that Python (python{sys.version_info.major}."
+        f"{sys.version_info.minor} -m venv), from the bundle's folder:\n\n    {INSTALL}\n\n"
         "then serve the bundle: moeforge serve .\n")
 
 
