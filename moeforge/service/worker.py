@@ -1,9 +1,11 @@
 """The Centre's worker: the one process that does the heavy work, never the web process.
 
-Its loop, every `poll_s`: validate the uploaded files (service/validation.py); move each job along
-`validating_files → profiling → queued → running → succeeded | failed | cancelled`; export what
-succeeded. A job runs on a local network (network/local.py) in a thread of the worker, so uploads
-keep being validated meanwhile; one job runs at a time (the roles share the machine's cores).
+Its main loop, every `poll_s`: move each job along `validating_files → profiling → queued → running →
+succeeded | failed | cancelled`; export what succeeded. A job runs on a local network
+(network/local.py) in a thread of the worker; one job runs at a time (the roles share the machine's
+cores). Uploads are validated (service/validation.py) by a loop of their own, in another thread, so a
+file is checked within seconds of its upload even while the main loop plans a job or makes an export
+for minutes.
 
 Every step is driven from the database, so a worker killed at any point (kill -9) and started again
 picks up where it was: a job found `running` is run again in its run folder, where the owner resumes
@@ -54,19 +56,25 @@ class Worker:
     def run(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
         log.info("worker started on %s", self.settings.database)
+        files = threading.Thread(target=self._loop, args=(self.validate_next_file, stop), name="validate-files", daemon=True)
+        files.start()
+        self._loop(self.step, stop)
+        files.join()
+
+    def _loop(self, step, stop: threading.Event) -> None:
+        """Call `step` until `stop` is set, waiting `poll_s` after each pass that found nothing to do."""
         while not stop.is_set():
             try:
-                busy = self.step()
+                busy = step()
             except Exception:  # a bug or a database hiccup: logged, and the loop goes on
-                log.error("worker step failed: %s", traceback.format_exc())
+                log.error("worker step %s failed: %s", step.__name__, traceback.format_exc())
                 busy = False
             if not busy:
                 stop.wait(self.settings.poll_s)
 
     def step(self) -> bool:
-        """One pass of the loop; → whether it found work."""
-        busy = self.validate_next_file()
-        busy |= self.advance_jobs()
+        """One pass of the main loop (jobs and exports; files have their own loop); → whether it found work."""
+        busy = self.advance_jobs()
         busy |= self.export_next()
         return busy
 

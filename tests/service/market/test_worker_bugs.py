@@ -1,11 +1,15 @@
 """A bug met by the Centre's worker fails the one file, job or export it was handling, with a message that names no
 internals, and the worker goes on with the rest; before, the same item was handled again on every pass, forever (and a
-file stuck that way kept every later upload from being validated)."""
+file stuck that way kept every later upload from being validated). And a long export or plan does not hold up the
+validation of uploads: files have a loop of their own."""
 
 import json
 import logging
+import threading
 
 import pytest
+
+from harness.centre import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +73,32 @@ def test_a_bug_while_exporting_fails_the_export_and_the_next_one_is_made(market,
     assert worker.export_next()
     assert m.client.get(f"/v1/exports/{again['id']}", headers=m.h("alice")).json()["status"] == "succeeded"
     assert not worker.export_next()
+
+
+def test_an_upload_is_validated_while_the_main_loop_is_held_up_by_a_long_export(market, worker, monkeypatch):
+    from moeforge.service.worker import Worker
+
+    m = market
+    held, release = threading.Event(), threading.Event()
+
+    def long_export(self):  # the main loop's pass, stuck as in an export of a large model on a busy machine
+        held.set()
+        release.wait(120)
+        return False
+
+    monkeypatch.setattr(Worker, "step", long_export)
+    stop = threading.Event()
+    running = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    running.start()
+    try:
+        assert held.wait(30), "the worker's main loop did not start"
+        f = m.client.post("/v1/files", headers=m.h("carol"), files={"file": ("late.jsonl", b'{"prompt": "e", "response": "f"}\n')},
+                          data={"purpose": "fine-tune"}).json()
+        shown = wait_for(lambda: (x := m.client.get(f"/v1/files/{f['id']}", headers=m.h("carol")).json())["status"] != "uploaded"
+                         and x, 60, "the upload validated while the main loop is held")
+        assert shown["status"] == "processed" and not release.is_set()
+    finally:
+        stop.set()
+        release.set()
+        running.join(30)
+    assert not running.is_alive()
