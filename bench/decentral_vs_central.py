@@ -321,7 +321,7 @@ def _scoring_cost(net: InProcessNetwork, job, reps: int) -> dict:
     digest = next(v.digest for v in report.verdicts if v.digest is not None)
     _, tensors = unpack(net.store.get(digest))
     delta = delta_slice(tensors, validator.current)  # trained from round r's base, which the validator's model holds
-    batches, _, _ = eval_batches(net.chain, job, r, validator.heldout)
+    batches, _ = eval_batches(net.chain, job, r, validator.heldout)
     scoring_cost(validator.model, validator.current, delta, batches, batch_size=job.eval_batch_rows)  # warm-up, not counted
     costs = [scoring_cost(validator.model, validator.current, delta, batches, batch_size=job.eval_batch_rows) for _ in range(reps)]
     return {

@@ -8,9 +8,12 @@ mean of the round's other checked deltas, outside its own copy group; with none,
 previous round adopted; with neither, nothing is asked of it) row by row:
 
     x_r = loss_peer(r) − loss_own(r)  per token, on `evidence_rows` of the miner's own shard rows
-    y_c = the same, on up to as many control rows that no miner was ever assigned: held-out rows
-          outside the round's scoring and merge samples, drawn with the seed block's hash
-          (unknown before reveals close; `validator_round.eval_batches`)
+    y_c = the same, on `evidence_rows` control rows: train rows in no miner's shard this round,
+          drawn with the seed block's hash (unknown before reveals close;
+          `validator_round.control_rows`). They are train rows, as likely as the miner's own to
+          have been trained in earlier rounds: against held-out rows, never trained, a replay of
+          the previous round's update (trained partly on rows that are this round's shards) had
+          looked like work on its own shard.
 
 evidence = mean(x) − mean(y), with a one-sided Mann-Whitney U test of x > y (significance.greater_p). Pairing with
 the peer on the same rows removes what differs between rows (a plain two-sample test of the

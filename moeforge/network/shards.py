@@ -14,11 +14,14 @@ Python version: no `random`, no `hash()`, no torch generator whose algorithm may
   it with the hash of `RoundSchedule.seed_block(r)`, a block that does not exist until reveals
   are closed, so no miner can know them in advance; two validators with the same held-out rows
   and the same block hash draw exactly the same batches.
+- The shard evidence's control rows (`control_sample`) are train rows in none of the round's
+  shards, drawn with the same block's hash: rows as likely as a miner's own to have been trained
+  in earlier rounds, but by nobody in this one.
 """
 
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 
 import torch
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 _SHARD_TAG = b"moeforge/shard/v1"
 _EVAL_TAG = b"moeforge/eval/v1"
 _PART_TAG = b"moeforge/part/v1"
+_CONTROL_TAG = b"moeforge/control/v1"
 _U64 = 2**64
 
 
@@ -70,6 +74,16 @@ def eval_samples(heldout_rows: Sized | int, seed: bytes | str, *sizes: int) -> t
         out.append(order[start : start + size])
         start += size
     return tuple(out)
+
+
+def control_sample(train_rows: Sized | int, seed: bytes | str, assigned: Iterable[int], n: int) -> list[int]:
+    """Up to `n` distinct train row indices that are not in `assigned` (the rows of the round's shards), drawn from
+    `seed` (the seed block's hash): the shard evidence's control rows, unknown to miners until reveals are closed."""
+    if n < 0:
+        raise ConfigError(f"a control sample's size must be non-negative; got {n}.")
+    taken = set(assigned)
+    free = [i for i in range(_length(train_rows)) if i not in taken]
+    return [free[i] for i in _sample(len(free), min(n, len(free)), _CONTROL_TAG + _field(parse_seed(seed)))]
 
 
 def parse_seed(seed: bytes | str) -> bytes:

@@ -13,7 +13,8 @@ DESIGN.md "The network", steps 5–6, in the order they run:
 5. With the model holding the free state (the current state plus the outer optimizer's momentum
    step, outer.py): `score_deltas` on the scoring sample (a significant paired gain, less any
    general-loss rise; each delta is swapped in and out in place), then, for the significant ones,
-   `shard_evidence` on each delta's own shard rows against control rows, its peers being the other
+   `shard_evidence` on each delta's own shard rows against control rows (train rows in nobody's
+   shard this round, `control_rows`), its peers being the other
    significant deltas (evidence.py; NO_EVIDENCE when not significant), and `find_copies` over all
    of them (in a copy group the earliest commitment is the original, the strongest evidence among
    those of its block; the others are COPY, whatever they scored).
@@ -65,7 +66,7 @@ from moeforge.network.merge import GeneralGuard, MergeDecision, choose_state, le
 from moeforge.network.observe import Observer
 from moeforge.network.outer import OuterOptimizer
 from moeforge.network.scoring import Batch, score_deltas, state_with
-from moeforge.network.shards import eval_samples, rows_to_batches
+from moeforge.network.shards import control_sample, eval_samples, miner_shard, rows_to_batches
 from moeforge.network.safetensors_header import Limits
 from moeforge.network.state import base_state, fetch_state, read_report, round_results, state_limits
 from moeforge.network.transport import unpack
@@ -114,7 +115,7 @@ def judge_round(
 
     `train`: the job's train rows, for the shard evidence (none asked without them); `guard`: the general
     drift budget (none enforced without it); `momentum`: the outer optimizer's, as the base state carries it."""
-    score_batches, merge_batches, control = eval_batches(chain, job, round, heldout)
+    score_batches, merge_batches = eval_batches(chain, job, round, heldout)
     outer = OuterOptimizer.of(job)
     with observer.phase("read_chain", timings):
         found = read_submissions(chain, job, round, exclude={self_hotkey})
@@ -144,8 +145,9 @@ def judge_round(
         significant = [s for s in rest if scored[s.hotkey].accepted]
         with observer.phase("evidence", timings):
             evidence = shard_evidence(model, reference, {s.hotkey: deltas[s.hotkey] for s in significant}, copy_groups(significant),
-                                      train, control, job=job, round=round, fallback_peer=previous,
-                                      batch_size=job.eval_batch_rows) if train is not None and job.evidence_rows and significant else {}
+                                      train, control_rows(chain, job, round, train, found), job=job, round=round,
+                                      fallback_peer=previous, batch_size=job.eval_batch_rows,
+                                      ) if train is not None and job.evidence_rows and significant else {}
     finally:
         apply_slice(model, current)
     copies = find_copies(rest, evidence={h: e.statistic if e else -math.inf for h, e in evidence.items()} if evidence else None)
@@ -307,19 +309,28 @@ def audit_previous(chain: Chain, store: Store, job: JobSpec, round: int, self_ho
     return flagged
 
 
-def eval_batches(chain: Chain, job: JobSpec, round: int, heldout: Packed) -> tuple[list[Batch], list[Batch], Batch | None]:
-    """(scoring batches, merge batches, control rows for the shard evidence) drawn with the seed block's hash:
-    disjoint held-out rows. The control rows are up to `evidence_rows` of those left (None when none are)."""
+def eval_batches(chain: Chain, job: JobSpec, round: int, heldout: Packed) -> tuple[list[Batch], list[Batch]]:
+    """(scoring batches, merge batches) drawn with the seed block's hash: disjoint held-out rows."""
     seed = chain.block_hash(job.schedule.seed_block(round))
-    total = heldout.input_ids.shape[0]
-    spare = min(job.evidence_rows, total - job.score_rows - job.merge_rows)
-    score_rows, merge_rows, control_rows = eval_samples(total, seed, job.score_rows, job.merge_rows, spare)
-    index = torch.as_tensor(control_rows, dtype=torch.long)
+    score_rows, merge_rows = eval_samples(heldout.input_ids.shape[0], seed, job.score_rows, job.merge_rows)
     return (
         rows_to_batches(heldout.input_ids, heldout.labels, score_rows, job.eval_batch_rows),
         rows_to_batches(heldout.input_ids, heldout.labels, merge_rows, job.eval_batch_rows),
-        (heldout.input_ids[index], heldout.labels[index]) if control_rows else None,
     )
+
+
+def control_rows(chain: Chain, job: JobSpec, round: int, train: Packed, hotkeys) -> Batch | None:
+    """The shard evidence's control rows: up to `evidence_rows` train rows in none of the shards of `hotkeys` (every
+    miner that submitted this round), drawn with the seed block's hash; None when there are none.
+
+    Train rows, not held-out ones: a train row is as likely as a miner's own shard rows to have been trained in
+    earlier rounds, so an update that replays earlier rounds' training (a free rider's) fits both alike, where
+    held-out rows, never trained, had made its own rows look like its work."""
+    total = train.input_ids.shape[0]
+    assigned = {i for h in hotkeys for i in miner_shard(total, job.job_id, round, h, job.shard_rows)}
+    rows = control_sample(total, chain.block_hash(job.schedule.seed_block(round)), assigned, job.evidence_rows)
+    index = torch.as_tensor(rows, dtype=torch.long)
+    return (train.input_ids[index], train.labels[index]) if rows else None
 
 
 def read_submissions(chain: Chain, job: JobSpec, round: int, *, exclude: set[str] = frozenset()) -> dict[str, Revealed | Verdict]:

@@ -8,7 +8,7 @@ import torch
 from moeforge.data.records import Record
 from moeforge.data.splits import split_records
 from moeforge.errors import ConfigError
-from moeforge.network.shards import eval_sample, eval_samples, miner_shard, parse_seed, rows_to_batches
+from moeforge.network.shards import control_sample, eval_sample, eval_samples, miner_shard, parse_seed, rows_to_batches
 
 HOTKEYS = [f"5Hotkey{i:02d}" for i in range(8)]
 
@@ -53,6 +53,20 @@ def test_eval_samples_are_disjoint_and_extend_the_first_draw():
     score_rows, merge_rows = eval_samples(1_000, seed, 40, 30)
     assert score_rows == eval_sample(1_000, seed, 40)
     assert not set(score_rows) & set(merge_rows) and len(set(merge_rows)) == 30
+
+
+def test_control_rows_are_train_rows_in_no_shard_of_the_round_drawn_with_the_seed():
+    seed, other = hashlib.sha256(b"block 117").digest(), hashlib.sha256(b"block 118").digest()
+    assigned = {i for h in HOTKEYS[:3] for i in miner_shard(500, "job", 2, h, 80)}
+    rows = control_sample(500, seed, assigned, 64)
+    assert len(set(rows)) == 64 and not set(rows) & assigned and all(0 <= i < 500 for i in rows)
+    assert rows == control_sample(500, seed.hex(), sorted(assigned), 64)
+    assert len(set(rows) & set(control_sample(500, other, assigned, 64))) < 32  # another block, other rows
+    few = set(range(495))  # only five rows left outside the shards: those five, no more
+    assert sorted(control_sample(500, seed, few, 64)) == [495, 496, 497, 498, 499]
+    assert control_sample(500, seed, range(500), 64) == []
+    with pytest.raises(ConfigError, match="non-negative"):
+        control_sample(500, seed, assigned, -1)
 
 
 def test_bad_seeds_are_refused_by_name():
