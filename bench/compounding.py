@@ -25,7 +25,6 @@ Issue 11's benchmark; DESIGN.md "The library". On the testbed:
 import argparse
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -86,7 +85,6 @@ def main(argv: list[str] | None = None) -> dict:
     plot = args.plot or args.out.with_suffix(".png")
     if not args.champ.is_file():
         raise SystemExit(f"error: {args.champ}: CHAMP's champ.jsonl is not there (the shared data folder, or pass --champ).")
-    torch_threads()
     logging.basicConfig(level=logging.WARNING)
 
     testbed = testbed_base(args.preset, args.testbed)
@@ -320,12 +318,6 @@ def _plot(jobs: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     print(f"wrote {path}")
-
-
-def torch_threads() -> None:
-    import torch
-
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 if __name__ == "__main__":

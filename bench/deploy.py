@@ -71,10 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens each client asks for")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parse_args(parser, argv, QUICK)
-    import torch
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     testbed = testbed_base(args.preset, args.testbed)
     base_dir, model, tokenizer = testbed.folder, testbed.model, testbed.tokenizer
     fingerprint = model_fingerprint(model)

@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     plans = {name: _plans(shipped_config(name), args.plan_batch, args.plan_seq) for name in MODELS}
     lean = {"optimizer": "adamw_8bit", "loss_chunk_tokens": args.loss_chunk}

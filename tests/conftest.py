@@ -56,11 +56,14 @@ def _library_in(root, patch):
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
-    """The suite runs torch single-threaded: its tiny models gain nothing from intra-op threads,
-    and on a busy machine OpenMP threads spin-wait against each other (10-100× slower steps)."""
+    """The suite runs torch single-threaded, in its own processes and in those it starts (the Centre, a server, the
+    CLI, through OMP_NUM_THREADS): its tiny models gain nothing from intra-op threads, and with the suite's workers
+    on every core OpenMP threads spin-wait against each other (10-100× slower steps)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
     torch.set_num_threads(threads)
 
 
