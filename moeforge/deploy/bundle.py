@@ -11,6 +11,7 @@ DESIGN.md "Deployment". One folder (optionally also one tar):
     wheelhouse/       every wheel the server needs (moeforge's, and its `serve` and `deploy` extras' whole dependency
                       closure at the versions installed where the bundle was made: that machine's Python and platform),
                       requirements.lock pinning them, and README.txt with the offline install command
+    README.txt        what is here and the three steps: check, install, serve
     SHA256SUMS        every file above, `sha256sum -c SHA256SUMS` checks it with coreutils alone
 
 Signing: model-signing (not sigstore's keyless flow) because its elliptic-key signer needs no
@@ -95,6 +96,7 @@ def write_bundle(export: Path, out: Path, *, key: Path, licences: dict[str, str]
         (folder / BOM).write_text(bom_json(folder / MODEL, **bom))
         if wheelhouse:
             _wheelhouse(folder / "wheelhouse")
+        (folder / "README.txt").write_text(_readme(wheelhouse))
         (folder / SUMS).write_text("".join(f"{_sha256(folder / rel)}  {rel}\n" for rel in _files(folder)))
 
     write_folder(out, fill)
@@ -224,6 +226,25 @@ def _wheelhouse(folder: Path) -> None:
         f"Install them with no network, in a fresh virtual environment of that Python (python{sys.version_info.major}."
         f"{sys.version_info.minor} -m venv), from the bundle's folder:\n\n    {INSTALL}\n\n"
         "then serve the bundle: moeforge serve .\n")
+
+
+def _readme(wheelhouse: bool) -> str:
+    """The bundle's top README.txt: what is in it, and how to check, install and serve it."""
+    install = ("with no network, from the wheels in wheelhouse/: see wheelhouse/README.txt (the Python it needs, and\n"
+               f"   the command, run in this folder: {INSTALL})") if wheelhouse else \
+        f"this bundle carries no wheels; from a package index: pip install '{SERVER}'"
+    return (
+        "A moeforge bundle: a model to check and serve offline behind an OpenAI-compatible API.\n\n"
+        f"    {MODEL}/  the model (a standard checkpoint, moeforge's sidecar and its card)\n"
+        f"    {SIGNATURE}  its signature     {PUBLIC_KEY}  the publisher's public key (pin it out of band)\n"
+        f"    {BOM}  its bill of materials     LICENSES/  the licences\n"
+        + ("    wheelhouse/  every wheel the server needs\n" if wheelhouse else "")
+        + f"    {SUMS}  the digest of every file\n\n"
+        f"1. Check it: sha256sum -c {SUMS}; with moeforge installed, also the signature:\n"
+        "   moeforge bundle verify . --public-key THE_KEY_YOU_PINNED\n"
+        f"2. Install the server: {install}\n"
+        "3. Serve it: moeforge serve . --api-key A_KEY_OF_YOURS   (moeforge serve --help for the port and the ledger)\n"
+    )
 
 
 def _pin(wheel: str) -> str:

@@ -43,7 +43,9 @@ def _copy(bundle, tmp_path):
 def test_a_fresh_bundle_verifies_with_coreutils_and_with_the_pinned_key(bundle):
     done = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=bundle / "bundle", capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "model/model.safetensors: OK" in done.stdout and "bom.cdx.json: OK" in done.stdout
+    assert "model/model.safetensors: OK" in done.stdout and "bom.cdx.json: OK" in done.stdout and "README.txt: OK" in done.stdout
+    readme = (bundle / "bundle" / "README.txt").read_text()  # what a newcomer holding only the bundle reads first
+    assert "sha256sum -c SHA256SUMS" in readme and "moeforge serve ." in readme and "carries no wheels" in readme
     result = invoke("bundle", "verify", bundle / "bundle", "--public-key", bundle / "keys" / "pub.pub")
     assert result.exit_code == 0 and "verified" in result.output, result.output
     assert (bundle / "bundle.tar").stat().st_size > 0
@@ -82,6 +84,8 @@ def test_the_wheelhouse_installs_the_server_with_no_network_and_it_serves_the_bu
     assert len(lock) == len(list((b / "wheelhouse").glob("*.whl")))
     readme = (b / "wheelhouse" / "README.txt").read_text()
     assert readme.count("--no-index --find-links wheelhouse") == 1 and f"Python {platform.python_version()}" in readme
+    top = (b / "README.txt").read_text()
+    assert "wheelhouse/README.txt" in top and "--no-index --find-links wheelhouse" in top and "carries no wheels" not in top
     venv, key = tmp_path / "venv", "sk-offline-install-test"
     script = f"""
 set -e
